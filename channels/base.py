@@ -1,0 +1,118 @@
+"""The one interface every provider implements, and the one error vocabulary they raise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from django.db import models
+
+
+class Channel(models.TextChoices):
+    PUSH = "push", "Push"
+    EMAIL = "email", "Email"
+    SMS = "sms", "SMS"
+    INAPP = "inapp", "In-app"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one delivery goes, read fresh at send time (addresses can change after accept)."""
+
+    recipient_id: int
+    external_id: str
+    email: str | None = None
+    phone: str | None = None
+    locale: str = ""
+    device_tokens: tuple[tuple[str, str], ...] = ()  # (platform, token) of active devices
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    delivery_id: int
+    notification_id: str
+    channel: str
+    event: str
+    destination: Destination
+    content: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderResult:
+    provider: str
+    message_id: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class DeliveryError(Exception):
+    """A delivery attempt failed. Carries what the provider said, so str() explains itself."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        status_code: int | None = None,
+        provider_code: str | None = None,
+        response: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.status_code = status_code
+        self.provider_code = provider_code
+        self.response = response
+
+    def __str__(self) -> str:
+        parts = [self.provider] if self.provider else []
+        if self.status_code is not None:
+            parts.append(str(self.status_code))
+        if self.provider_code:
+            parts.append(f"code {self.provider_code}")
+        prefix = " ".join(parts)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth trying again later: rate limits, timeouts, 5xx, dropped connections."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The destination itself is dead (bad token, invalid number, refused address).
+
+    ``dead_device_token`` / ``dead_address`` name what must stop being used; the side effect is
+    applied in one place, ``notifications.services.deliveries``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        dead_device_token: str | None = None,
+        dead_address: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.dead_device_token = dead_device_token
+        self.dead_address = dead_address
+
+
+class ProviderConfigurationError(Exception):
+    """Provider settings are wrong; raised at start-up by system checks, never retried."""
+
+
+class Provider(Protocol):
+    name: ClassVar[str]
+    channel: ClassVar[str]
+
+    def send(self, message: OutboundMessage) -> ProviderResult: ...
+
+    @classmethod
+    def check_configuration(cls) -> list[str]:
+        """Human-readable problems with this provider's settings; empty when usable."""
+        ...

@@ -1,0 +1,191 @@
+"""All settings come from the environment, with defaults that work on a developer machine.
+
+Every knob the service has is read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # noqa: S105 (dev default only)
+SECRET_KEY = env.str("SECRET_KEY", default=DEV_SECRET_KEY)
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_api_key",
+    "drf_spectacular",
+    "django_celery_results",
+    "phonenumber_field",
+    "anymail",
+    "channels.apps.ChannelsConfig",
+    "preferences.apps.PreferencesConfig",
+    "notifications.apps.NotificationsConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db_url(
+        "DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/notifications"
+    )
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
+}
+
+# --- API -------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["notifications.api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["notifications.api.auth.HasApiKey"],
+    "DEFAULT_PARSER_CLASSES": ["notifications.api.parsers.BoundedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "notifications.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Notification service API",
+    "DESCRIPTION": "Notify a user of an event; the service picks channels, renders and delivers.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+}
+API_KEY_CUSTOM_HEADER = None  # the standard "Authorization: Api-Key <key>" header
+# Larger bodies are refused with 413 before they are parsed.
+NOTIFY_MAX_BODY_BYTES = env.int("NOTIFY_MAX_BODY_BYTES", default=64 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(NOTIFY_MAX_BODY_BYTES, 2_621_440)
+
+# --- Delivery --------------------------------------------------------------------------------
+# Which provider sends each channel; an empty value means the channel is not configured and
+# its deliveries are recorded as skipped with reason "channel_not_configured".
+NOTIFY_PROVIDERS = {
+    "email": env.str("NOTIFY_PROVIDER_EMAIL", default="channels.email.EmailProvider"),
+    "inapp": env.str("NOTIFY_PROVIDER_INAPP", default="channels.inapp.InAppProvider"),
+    "push": env.str("NOTIFY_PROVIDER_PUSH", default=""),
+    "sms": env.str("NOTIFY_PROVIDER_SMS", default=""),
+}
+NOTIFY_MAX_RETRIES = env.int("NOTIFY_MAX_RETRIES", default=8)
+NOTIFY_RETRY_BACKOFF = env.int("NOTIFY_RETRY_BACKOFF", default=2)
+NOTIFY_RETRY_BACKOFF_MAX = env.int("NOTIFY_RETRY_BACKOFF_MAX", default=600)
+# A delivery queued or sending for longer than this (plus any retry wait) is re-enqueued
+# by the sweep; it must exceed the longest provider call.
+NOTIFY_LEASE_SECONDS = env.int("NOTIFY_LEASE_SECONDS", default=300)
+NOTIFY_SWEEP_INTERVAL_SECONDS = env.int("NOTIFY_SWEEP_INTERVAL_SECONDS", default=60)
+NOTIFY_SWEEP_BATCH = env.int("NOTIFY_SWEEP_BATCH", default=1000)
+NOTIFY_PROVIDER_TIMEOUT_SECONDS = env.float("NOTIFY_PROVIDER_TIMEOUT_SECONDS", default=10.0)
+
+# --- Email (django-anymail or any Django email backend) --------------------------------------
+# EMAIL_URL picks a plain backend (consolemail://, smtp://host:port, smtp+tls://...);
+# EMAIL_BACKEND overrides it, e.g. anymail.backends.postmark.EmailBackend.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+if env.str("EMAIL_BACKEND", default=""):
+    EMAIL_BACKEND = env.str("EMAIL_BACKEND")
+EMAIL_TIMEOUT = int(NOTIFY_PROVIDER_TIMEOUT_SECONDS)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Notifications <notify@localhost>")
+ANYMAIL = {
+    key.removeprefix("ANYMAIL_"): value
+    for key, value in env.ENVIRON.items()
+    if key.startswith("ANYMAIL_")
+}
+
+# --- Celery ----------------------------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
+# Delivery tasks record their own outcome in the Delivery row; a result row per task would
+# double the writes. Failures are still stored (django-celery-results) for inspection.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=4)
+CELERY_BROKER_CONNECTION_TIMEOUT = 3
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing happens after commit inside a request; do not hang the request for long when
+# the broker is down: the sweep re-enqueues what could not be published.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Must exceed the longest retry countdown, or Redis hands an unacked retry to a second
+    # worker (harmless thanks to the claim, but wasted work).
+    "visibility_timeout": max(3600, NOTIFY_RETRY_BACKOFF_MAX * 2),
+}
+CELERY_TASK_DEFAULT_QUEUE = "maintenance"
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stuck-deliveries": {
+        "task": "notifications.tasks.sweep_stuck_deliveries",
+        "schedule": float(NOTIFY_SWEEP_INTERVAL_SECONDS),
+    },
+}
+# Celery closes the DB connection around every task unless told to reuse it (celery#9824).
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
+CELERY_TASK_ROUTES = {
+    "notifications.tasks.deliver_push": {"queue": "push"},
+    "notifications.tasks.deliver_email": {"queue": "email"},
+    "notifications.tasks.deliver_sms": {"queue": "sms"},
+    "notifications.tasks.deliver_inapp": {"queue": "inapp"},
+    "notifications.tasks.sweep_stuck_deliveries": {"queue": "maintenance"},
+}

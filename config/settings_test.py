@@ -1,0 +1,14 @@
+"""Test defaults: a Redis database of their own, fast retries. Everything else is settings.py."""
+
+import os
+
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("NOTIFY_RETRY_BACKOFF", "1")
+os.environ.setdefault("NOTIFY_RETRY_BACKOFF_MAX", "2")
+os.environ.setdefault("NOTIFY_MAX_RETRIES", "3")
+os.environ.setdefault("NOTIFY_PROVIDER_TIMEOUT_SECONDS", "5")
+
+from config.settings import *  # noqa: F403
+from config.settings import ALLOWED_HOSTS
+
+ALLOWED_HOSTS = [*ALLOWED_HOSTS, "testserver"]

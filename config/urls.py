@@ -1,0 +1,53 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from notifications.api import views as notification_views
+from notifications.health import healthz
+from preferences.api import views as recipient_views
+
+api = [
+    path("notify", notification_views.NotifyView.as_view(), name="notify"),
+    path(
+        "notifications",
+        notification_views.NotificationListView.as_view(),
+        name="notification-list",
+    ),
+    path(
+        "notifications/<uuid:notification_id>",
+        notification_views.NotificationDetailView.as_view(),
+        name="notification-detail",
+    ),
+    path(
+        "recipients/<str:user_id>",
+        recipient_views.RecipientView.as_view(),
+        name="recipient",
+    ),
+    path(
+        "recipients/<str:user_id>/devices",
+        recipient_views.DeviceListView.as_view(),
+        name="recipient-devices",
+    ),
+    path(
+        "recipients/<str:user_id>/devices/<int:device_id>",
+        recipient_views.DeviceDetailView.as_view(),
+        name="recipient-device",
+    ),
+    path(
+        "recipients/<str:user_id>/preferences",
+        recipient_views.PreferencesView.as_view(),
+        name="recipient-preferences",
+    ),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]
+
+urlpatterns = [
+    path("api/", include(api)),
+    path("healthz", healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+]
+
+handler400 = "notifications.api.errors.json_bad_request"
+handler404 = "notifications.api.errors.json_not_found"
+handler500 = "notifications.api.errors.json_server_error"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Start the local PostgreSQL and Redis if they are installed but not running, then make sure
+# the application database exists. Safe to run any number of times.
+set -euo pipefail
+
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    echo "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
+  else
+    echo "PostgreSQL is not running on 127.0.0.1:5432 and cannot be started here" >&2
+    exit 1
+  fi
+fi
+for _ in $(seq 1 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
+
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  if command -v redis-server >/dev/null; then
+    echo "starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+  else
+    echo "Redis is not running on 127.0.0.1:6379 and cannot be started here" >&2
+    exit 1
+  fi
+fi
+for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.2; done
+
+db="${1:-notifications}"
+if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='${db}'" | grep -q 1; then
+  echo "creating database ${db}"
+  psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE \"${db}\"" >/dev/null
+fi

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from channels.base import Channel
+from notifications.api.fields import RejectUnknownFieldsMixin, StrictCharField
+from notifications.models import Delivery, Notification
+
+
+class NotifyRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
+    userId = StrictCharField(max_length=255)
+    event = StrictCharField(max_length=128)
+    channels = serializers.ListField(
+        child=serializers.ChoiceField(choices=Channel.choices),
+        required=False,
+        allow_empty=False,
+        max_length=len(Channel.choices),
+    )
+    data = serializers.DictField(required=False, default=dict)
+    idempotencyKey = StrictCharField(max_length=255, required=False)
+
+
+class AcceptedDeliverySerializer(serializers.Serializer):  # type: ignore[type-arg]
+    channel = serializers.ChoiceField(choices=Channel.choices)
+    status = serializers.CharField()
+    reason = serializers.CharField(required=False)
+
+
+class NotifyResponseSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.UUIDField()
+    deliveries = AcceptedDeliverySerializer(many=True)
+
+
+class DeliverySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    providerMessageId = serializers.CharField(source="provider_message_id")
+    lastError = serializers.CharField(source="last_error")
+    queuedAt = serializers.DateTimeField(source="queued_at")
+    sendingAt = serializers.DateTimeField(source="sending_at")
+    sentAt = serializers.DateTimeField(source="sent_at")
+    deliveredAt = serializers.DateTimeField(source="delivered_at")
+    failedAt = serializers.DateTimeField(source="failed_at")
+    skippedAt = serializers.DateTimeField(source="skipped_at")
+    transitions = serializers.JSONField(source="history")
+
+    class Meta:
+        model = Delivery
+        fields = [
+            "id",
+            "channel",
+            "status",
+            "reason",
+            "attempts",
+            "lastError",
+            "provider",
+            "providerMessageId",
+            "content",
+            "queuedAt",
+            "sendingAt",
+            "sentAt",
+            "deliveredAt",
+            "failedAt",
+            "skippedAt",
+            "transitions",
+        ]
+
+
+class NotificationSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    userId = serializers.CharField(source="external_user_id")
+    event = serializers.SlugRelatedField(slug_field="key", read_only=True)
+    idempotencyKey = serializers.CharField(source="idempotency_key")
+    createdAt = serializers.DateTimeField(source="created_at")
+    deliveries = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Notification
+        fields = ["id", "userId", "event", "data", "idempotencyKey", "createdAt", "deliveries"]
+
+    def get_deliveries(self, notification: Notification) -> list[dict[str, Any]]:
+        rows = sorted(notification.deliveries.all(), key=lambda d: d.pk)
+        return DeliverySerializer(rows, many=True).data  # type: ignore[return-value]

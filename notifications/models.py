@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from rest_framework_api_key.models import APIKey
+
+from channels.base import Channel
+from preferences.models import Event, Recipient
+
+
+class Template(models.Model):
+    """What one event says on one channel in one locale ("" is the default locale)."""
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="templates")
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    locale = models.CharField(max_length=35, blank=True, default="")
+    subject = models.CharField(
+        max_length=998, blank=True, default="", help_text="Email subject or push/in-app title."
+    )
+    body = models.TextField(help_text="Plain text body (Django template syntax).")
+    html_body = models.TextField(blank=True, default="", help_text="Email only.")
+    url = models.CharField(max_length=2048, blank=True, default="", help_text="In-app link.")
+    version = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event", "channel", "locale"], name="template_unique_locale"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event.key}/{self.channel}/{self.locale or 'default'}"
+
+
+class Notification(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_key = models.ForeignKey(APIKey, on_delete=models.PROTECT, related_name="+")
+    # SET_NULL: erasing a recipient keeps the anonymous log of what was sent.
+    recipient = models.ForeignKey(
+        Recipient, on_delete=models.SET_NULL, null=True, related_name="notifications"
+    )
+    external_user_id = models.CharField(max_length=255, blank=True, default="")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="notifications")
+    data = models.JSONField(default=dict, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64)
+    # What the accept call answered, returned verbatim when the same request is replayed.
+    accept_response = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key", "idempotency_key"], name="notification_unique_idempotency"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["-created_at"], name="notification_recent"),
+            models.Index(fields=["recipient", "-created_at"], name="notification_by_recipient"),
+            models.Index(fields=["event", "-created_at"], name="notification_by_event"),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+
+class DeliveryStatus(models.TextChoices):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
+FINAL_STATUSES = (
+    DeliveryStatus.SENT,
+    DeliveryStatus.DELIVERED,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.SKIPPED,
+)
+
+
+class Delivery(models.Model):
+    """The notification log: one row per notification and channel."""
+
+    notification = models.ForeignKey(
+        Notification, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    status = models.CharField(max_length=16, choices=DeliveryStatus.choices)
+    reason = models.CharField(max_length=64, blank=True, default="")
+    content = models.JSONField(default=dict, blank=True)
+    provider = models.CharField(max_length=64, blank=True, default="")
+    provider_message_id = models.CharField(max_length=255, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    # Every transition appended as {"status", "at", "attempt", "error"?}.
+    history = models.JSONField(default=list, blank=True)
+    # Past this instant a queued/sending delivery is presumed lost and the sweep re-enqueues it.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    sending_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    skipped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["notification", "channel"], name="delivery_unique_channel"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["lease_until"],
+                condition=Q(status__in=["queued", "sending"]),
+                name="delivery_pending_lease",
+            ),
+            models.Index(fields=["status", "channel"], name="delivery_by_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.notification_id}/{self.channel}: {self.status}"
+
+
+class FailedDelivery(models.Model):
+    """The dead-letter table: deliveries that will not be tried again unless replayed."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="failures")
+    task_name = models.CharField(max_length=255, blank=True, default="")
+    error_class = models.CharField(max_length=255)
+    error_message = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    failed_at = models.DateTimeField(auto_now_add=True)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+    replayed_by = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        verbose_name = "failed delivery (dead letter)"
+        verbose_name_plural = "failed deliveries (dead letters)"
+        indexes = [
+            models.Index(
+                fields=["-failed_at"],
+                condition=Q(replayed_at__isnull=True),
+                name="failed_delivery_unreplayed",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.delivery}: {self.error_class}"
+
+
+class InboxMessage(models.Model):
+    """The in-app channel's store: what a recipient sees in their inbox."""
+
+    recipient = models.ForeignKey(
+        Recipient, on_delete=models.CASCADE, related_name="inbox_messages"
+    )
+    delivery = models.OneToOneField(
+        Delivery, on_delete=models.SET_NULL, null=True, related_name="inbox_message"
+    )
+    title = models.CharField(max_length=998, blank=True, default="")
+    body = models.TextField(blank=True, default="")
+    url = models.CharField(max_length=2048, blank=True, default="")
+    data = models.JSONField(default=dict, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["recipient", "-created_at"], name="inbox_by_recipient"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.recipient}: {self.title}"

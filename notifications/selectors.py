@@ -1,0 +1,42 @@
+"""Reads of the notification log."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import Exists, OuterRef, QuerySet
+
+from notifications.models import Delivery, Notification
+
+
+def notification_get(*, notification_id: uuid.UUID) -> Notification | None:
+    return (
+        Notification.objects.select_related("event")
+        .prefetch_related("deliveries")
+        .filter(pk=notification_id)
+        .first()
+    )
+
+
+def notifications_list(
+    *,
+    user_id: str | None = None,
+    event: str | None = None,
+    status: str | None = None,
+    channel: str | None = None,
+) -> QuerySet[Notification]:
+    """Newest first; each filter narrows, and status/channel match any of the deliveries."""
+    notifications = Notification.objects.select_related("event").prefetch_related("deliveries")
+    if user_id:
+        # external_user_id survives erasure only as the opaque id; recipient joins the index.
+        notifications = notifications.filter(recipient__external_id=user_id)
+    if event:
+        notifications = notifications.filter(event__key=event)
+    if status or channel:
+        deliveries = Delivery.objects.filter(notification=OuterRef("pk"))
+        if status:
+            deliveries = deliveries.filter(status=status)
+        if channel:
+            deliveries = deliveries.filter(channel=channel)
+        notifications = notifications.filter(Exists(deliveries))
+    return notifications

@@ -1,0 +1,256 @@
+"""The accept path of ``POST /api/notify``: decide, render, record, enqueue after commit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from rest_framework_api_key.models import APIKey
+
+from channels import registry
+from notifications.exceptions import (
+    IdempotencyConflict,
+    NoChannels,
+    RecipientNotFound,
+    TemplateError,
+    UnknownEvent,
+)
+from notifications.models import Delivery, DeliveryStatus, Notification, Template
+from notifications.rendering import TemplateRenderError, pick_templates, render_template
+from notifications.services.enqueue import enqueue_on_commit
+from preferences import selectors as recipients
+from preferences.models import Event, Recipient
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    body: dict[str, Any]
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class _Planned:
+    channel: str
+    status: str
+    reason: str = ""
+    content: dict[str, Any] | None = None
+
+
+def request_fingerprint(
+    *, user_id: str, event: str, channels: list[str] | None, data: dict[str, Any]
+) -> str:
+    canonical = json.dumps(
+        {"userId": user_id, "event": event, "channels": channels, "data": data},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def notification_accept(
+    *,
+    api_key: APIKey,
+    user_id: str,
+    event_key: str,
+    channels: list[str] | None,
+    data: dict[str, Any],
+    idempotency_key: str | None,
+) -> AcceptResult:
+    fingerprint = request_fingerprint(
+        user_id=user_id, event=event_key, channels=channels, data=data
+    )
+    event = Event.objects.select_related("category").filter(key=event_key).first()
+    if event is None:
+        raise UnknownEvent(f"Unknown event {event_key!r}.", fields={"event": ["Unknown event."]})
+    recipient = recipients.recipient_get(external_id=user_id)
+    if recipient is None:
+        # A replay of an accepted request still answers as it did, even if the user was
+        # erased since.
+        replay = _replay_if_known(api_key, idempotency_key, fingerprint)
+        if replay is not None:
+            return replay
+        raise RecipientNotFound(f"No recipient with userId {user_id!r}.")
+
+    wanted = list(dict.fromkeys(channels if channels is not None else event.default_channels))
+    if not wanted:
+        raise NoChannels(
+            f"Event {event_key!r} has no default channels and the request named none.",
+            fields={"channels": ["Name at least one channel."]},
+        )
+    notification_id = uuid.uuid4()
+    plan = _plan_deliveries(
+        recipient=recipient,
+        event=event,
+        channels=wanted,
+        data=data,
+        notification_id=notification_id,
+    )
+    body = {
+        "id": str(notification_id),
+        "deliveries": [
+            {"channel": p.channel, "status": p.status, **({"reason": p.reason} if p.reason else {})}
+            for p in plan
+        ],
+    }
+    with transaction.atomic():
+        inserted = _insert_notification(
+            notification_id=notification_id,
+            api_key=api_key,
+            recipient=recipient,
+            event=event,
+            data=data,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            body=body,
+        )
+        if not inserted:
+            replay = _replay_if_known(api_key, idempotency_key, fingerprint)
+            if replay is None:  # the conflicting row vanished (deleted): treat as a fresh race
+                raise IdempotencyConflict("Concurrent request with this idempotency key.")
+            return replay
+        now = timezone.now()
+        rows = Delivery.objects.bulk_create([_delivery_row(notification_id, p, now) for p in plan])
+        enqueue_on_commit(
+            (row.pk, row.channel) for row in rows if row.status == DeliveryStatus.QUEUED
+        )
+    return AcceptResult(body=body, replayed=False)
+
+
+def _plan_deliveries(
+    *,
+    recipient: Recipient,
+    event: Event,
+    channels: list[str],
+    data: dict[str, Any],
+    notification_id: uuid.UUID,
+) -> list[_Planned]:
+    allowed = recipients.channel_permissions(
+        recipient_id=recipient.pk, category=event.category, channels=channels
+    )
+    device_tokens = (
+        recipients.active_device_tokens(recipient_id=recipient.pk) if "push" in channels else []
+    )
+    templates = pick_templates(
+        Template.objects.filter(event=event, channel__in=channels), locale=recipient.locale
+    )
+    context = {
+        **data,
+        "data": data,
+        "recipient": {
+            "id": recipient.external_id,
+            "email": recipient.email or "",
+            "locale": recipient.locale,
+        },
+        "event": event.key,
+        "notification_id": str(notification_id),
+    }
+    plan: list[_Planned] = []
+    for channel in channels:
+        reason = None
+        if not registry.is_configured(channel):
+            reason = "channel_not_configured"
+        elif not allowed[channel]:
+            reason = "opted_out"
+        else:
+            reason = recipients.unreachable_reason(
+                channel=channel, recipient=recipient, device_tokens=device_tokens
+            )
+        if reason is None and channel not in templates:
+            reason = "no_template"
+        if reason is not None:
+            plan.append(_Planned(channel=channel, status=DeliveryStatus.SKIPPED, reason=reason))
+            continue
+        try:
+            content = render_template(templates[channel], context)
+        except TemplateRenderError as exc:
+            raise TemplateError(str(exc)) from exc
+        plan.append(_Planned(channel=channel, status=DeliveryStatus.QUEUED, content=content))
+    return plan
+
+
+def _delivery_row(notification_id: uuid.UUID, planned: _Planned, now: datetime) -> Delivery:
+    queued = planned.status == DeliveryStatus.QUEUED
+    entry: dict[str, Any] = {"status": planned.status, "at": now.isoformat(), "attempt": 0}
+    if planned.reason:
+        entry["reason"] = planned.reason
+    return Delivery(
+        notification_id=notification_id,
+        channel=planned.channel,
+        status=planned.status,
+        reason=planned.reason,
+        content=planned.content or {},
+        history=[entry],
+        queued_at=now if queued else None,
+        skipped_at=None if queued else now,
+        lease_until=now + timedelta(seconds=settings.NOTIFY_LEASE_SECONDS) if queued else None,
+    )
+
+
+_INSERT_SQL = """
+INSERT INTO notifications_notification
+    (id, api_key_id, recipient_id, external_user_id, event_id, data, idempotency_key,
+     request_fingerprint, accept_response, created_at)
+VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s::jsonb, now())
+ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
+RETURNING id
+"""
+
+
+def _insert_notification(
+    *,
+    notification_id: uuid.UUID,
+    api_key: APIKey,
+    recipient: Recipient,
+    event: Event,
+    data: dict[str, Any],
+    idempotency_key: str | None,
+    fingerprint: str,
+    body: dict[str, Any],
+) -> bool:
+    """Insert unless the idempotency key is taken. The unique index decides, so two
+    concurrent identical requests cannot both insert: the second waits for the first to
+    commit, then inserts nothing."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_SQL,
+            [
+                notification_id,
+                api_key.pk,
+                recipient.pk,
+                recipient.external_id,
+                event.pk,
+                json.dumps(data),
+                idempotency_key,
+                fingerprint,
+                json.dumps(body),
+            ],
+        )
+        return cursor.fetchone() is not None
+
+
+def _replay_if_known(
+    api_key: APIKey, idempotency_key: str | None, fingerprint: str
+) -> AcceptResult | None:
+    if not idempotency_key:
+        return None
+    existing = (
+        Notification.objects.filter(api_key=api_key, idempotency_key=idempotency_key)
+        .only("request_fingerprint", "accept_response")
+        .first()
+    )
+    if existing is None:
+        return None
+    if existing.request_fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            "This idempotency key was already used with a different request body.",
+            fields={"idempotencyKey": ["Already used with a different body."]},
+        )
+    return AcceptResult(body=existing.accept_response, replayed=True)

@@ -1,0 +1,114 @@
+"""Every Delivery status change goes through here, as one conditional UPDATE.
+
+Each transition is guarded by the statuses it may start from, stamps its ``<status>_at``
+column and appends an entry to ``history``, so concurrent workers, redelivered messages and
+the sweep can never move a delivery backwards or send it twice.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+
+from notifications.models import DeliveryStatus
+
+_TIMESTAMP_COLUMN = {
+    DeliveryStatus.QUEUED: "queued_at",
+    DeliveryStatus.SENDING: "sending_at",
+    DeliveryStatus.SENT: "sent_at",
+    DeliveryStatus.DELIVERED: "delivered_at",
+    DeliveryStatus.FAILED: "failed_at",
+    DeliveryStatus.SKIPPED: "skipped_at",
+}
+# Columns a transition may set besides status; whitelisted because names go into SQL.
+_SETTABLE = {"reason", "provider", "provider_message_id", "last_error", "content"}
+
+
+def transition(
+    delivery_ids: list[int],
+    *,
+    to: DeliveryStatus,
+    allowed_from: tuple[DeliveryStatus, ...],
+    note: dict[str, Any] | None = None,
+    lease_seconds: float | None = None,
+    count_attempt: bool = False,
+    **fields: Any,
+) -> list[tuple[int, str, int]]:
+    """Move the given deliveries to ``to`` if they are in ``allowed_from``.
+
+    Returns (id, channel, attempts) of each row that moved; rows in any other status are left
+    alone. ``lease_seconds`` sets ``lease_until`` (None clears it), ``count_attempt`` bumps
+    ``attempts``; ``note`` is merged into the history entry.
+    """
+    if not delivery_ids:
+        return []
+    unknown = set(fields) - _SETTABLE
+    if unknown:
+        raise ValueError(f"cannot set {sorted(unknown)} in a transition")
+    attempts_expr = "attempts + 1" if count_attempt else "attempts"
+    assignments = [
+        "status = %s",
+        f"{_TIMESTAMP_COLUMN[to]} = now()",
+        f"attempts = {attempts_expr}",
+        "lease_until = " + ("now() + make_interval(secs => %s)" if lease_seconds else "NULL"),
+        "history = history || jsonb_build_array("
+        f"jsonb_build_object('status', %s, 'at', now(), 'attempt', {attempts_expr}) || %s::jsonb)",
+    ]
+    params: list[Any] = [to.value]
+    if lease_seconds:
+        params.append(lease_seconds)
+    params += [to.value, json.dumps(note or {})]
+    for column, value in fields.items():
+        assignments.append(f"{column} = %s" + ("::jsonb" if column == "content" else ""))
+        params.append(json.dumps(value) if column == "content" else value)
+    # Column names come from _TIMESTAMP_COLUMN and _SETTABLE only; values are parameters.
+    sql = (
+        f"UPDATE notifications_delivery SET {', '.join(assignments)} "  # noqa: S608
+        "WHERE id = ANY(%s) AND status = ANY(%s) RETURNING id, channel, attempts"
+    )
+    params += [list(delivery_ids), [status.value for status in allowed_from]]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [(row[0], row[1], row[2]) for row in cursor.fetchall()]
+
+
+def claim(delivery_id: int) -> bool:
+    """queued → sending, counting the attempt; False if another worker has it or it is done."""
+    moved = transition(
+        [delivery_id],
+        to=DeliveryStatus.SENDING,
+        allowed_from=(DeliveryStatus.QUEUED,),
+        lease_seconds=settings.NOTIFY_LEASE_SECONDS,
+        count_attempt=True,
+    )
+    return bool(moved)
+
+
+def requeue_expired(limit: int) -> list[tuple[int, str]]:
+    """Queued/sending deliveries whose lease ran out go back to queued with a fresh lease.
+
+    SKIP LOCKED lets several sweeps run at once without waiting on each other.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT id FROM notifications_delivery
+            WHERE status IN ('queued', 'sending') AND lease_until < now()
+            ORDER BY lease_until
+            LIMIT %s
+            FOR UPDATE SKIP LOCKED
+            """,
+            [limit],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+    moved = transition(
+        ids,
+        to=DeliveryStatus.QUEUED,
+        allowed_from=(DeliveryStatus.QUEUED, DeliveryStatus.SENDING),
+        lease_seconds=settings.NOTIFY_LEASE_SECONDS,
+        note={"reason": "lease_expired"},
+    )
+    return [(delivery_id, channel) for delivery_id, channel, _ in moved]

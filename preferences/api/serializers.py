@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import functools
+import zoneinfo
+from typing import Any
+
+from phonenumber_field.serializerfields import PhoneNumberField
+from rest_framework import serializers
+
+from channels.base import Channel
+from notifications.api.fields import RejectUnknownFieldsMixin, StrictCharField
+from notifications.locales import canonical_locale, is_valid_locale
+from preferences.models import Category, Device, Preference, Recipient
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+class RecipientSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
+    userId = serializers.CharField(source="external_id", read_only=True)
+    email = serializers.EmailField(required=False, allow_null=True, allow_blank=True)
+    phone = PhoneNumberField(required=False, allow_null=True, allow_blank=True)
+    locale = StrictCharField(required=False, allow_blank=True, max_length=35)
+    timezone = StrictCharField(required=False, allow_blank=True, max_length=64)
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+    updatedAt = serializers.DateTimeField(source="updated_at", read_only=True)
+
+    class Meta:
+        model = Recipient
+        fields = ["userId", "email", "phone", "locale", "timezone", "createdAt", "updatedAt"]
+
+    def validate_locale(self, value: str) -> str:
+        if not is_valid_locale(value):
+            raise serializers.ValidationError("Not a locale tag such as 'en' or 'pt-BR'.")
+        return canonical_locale(value)
+
+    def validate_timezone(self, value: str) -> str:
+        if value and value not in _time_zones():
+            raise serializers.ValidationError("Not an IANA time zone such as 'Europe/Lisbon'.")
+        return value
+
+    def to_representation(self, instance: Recipient) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["phone"] = str(instance.phone) if instance.phone else None
+        return data  # type: ignore[no-any-return]
+
+
+class DeviceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
+    platform = serializers.ChoiceField(choices=Device.Platform.choices)
+    token = StrictCharField(max_length=4096)
+    deactivatedAt = serializers.DateTimeField(source="deactivated_at", read_only=True)
+    deactivationReason = serializers.CharField(source="deactivation_reason", read_only=True)
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+
+    class Meta:
+        model = Device
+        fields = [
+            "id",
+            "platform",
+            "token",
+            "active",
+            "deactivatedAt",
+            "deactivationReason",
+            "createdAt",
+        ]
+        read_only_fields = ["id", "active"]
+        # The (platform, token) uniqueness is handled by the service (a token moves to its
+        # newest owner), so the automatic unique-together validator must not reject it.
+        validators: list[Any] = []
+
+
+class PreferenceRuleSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
+    category = serializers.SlugRelatedField(
+        slug_field="key", queryset=Category.objects.all(), allow_null=True, required=False
+    )
+    channel = serializers.ChoiceField(choices=Channel.choices, allow_null=True, required=False)
+    enabled = serializers.BooleanField()
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        category = attrs.get("category")
+        if category is not None and category.critical and not attrs["enabled"]:
+            raise serializers.ValidationError(
+                {"category": [f"{category.key!r} is critical and cannot be opted out of."]}
+            )
+        return attrs
+
+
+class PreferencesSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
+    preferences = PreferenceRuleSerializer(many=True, max_length=500)
+
+    def validate_preferences(self, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        seen: set[tuple[Any, Any]] = set()
+        for rule in rules:
+            category = rule.get("category")
+            key = (category.pk if category else None, rule.get("channel"))
+            if key in seen:
+                raise serializers.ValidationError(
+                    "Each (category, channel) pair may appear only once."
+                )
+            seen.add(key)
+        return rules
+
+
+def preference_representation(preference: Preference) -> dict[str, Any]:
+    return {
+        "category": preference.category.key if preference.category else None,
+        "channel": preference.channel,
+        "enabled": preference.enabled,
+    }

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from notifications.api.views import ERROR_RESPONSE
+from notifications.exceptions import NotFound, RecipientNotFound
+from preferences import selectors, services
+from preferences.api.serializers import (
+    DeviceSerializer,
+    PreferencesSerializer,
+    RecipientSerializer,
+    preference_representation,
+)
+from preferences.models import Preference, Recipient
+
+
+def _recipient_or_404(user_id: str) -> Recipient:
+    recipient = selectors.recipient_get(external_id=user_id)
+    if recipient is None:
+        raise RecipientNotFound(f"No recipient with userId {user_id!r}.")
+    return recipient
+
+
+class RecipientView(APIView):
+    @extend_schema(responses={200: RecipientSerializer, 404: ERROR_RESPONSE})
+    def get(self, request: Request, user_id: str) -> Response:
+        return Response(RecipientSerializer(_recipient_or_404(user_id)).data)
+
+    @extend_schema(
+        request=RecipientSerializer,
+        responses={200: RecipientSerializer, 201: RecipientSerializer, 400: ERROR_RESPONSE},
+        summary="Create or replace a recipient",
+    )
+    def put(self, request: Request, user_id: str) -> Response:
+        if len(user_id) > 255:
+            raise NotFound("userId is longer than 255 characters.")
+        serializer = RecipientSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        recipient, created = services.recipient_upsert(
+            external_id=user_id, **serializer.validated_data
+        )
+        return Response(
+            RecipientSerializer(recipient).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+    @extend_schema(responses={204: None, 404: ERROR_RESPONSE}, summary="Erase personal data")
+    def delete(self, request: Request, user_id: str) -> Response:
+        services.recipient_erase(recipient=_recipient_or_404(user_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class DeviceListView(APIView):
+    @extend_schema(responses={200: DeviceSerializer(many=True), 404: ERROR_RESPONSE})
+    def get(self, request: Request, user_id: str) -> Response:
+        recipient = _recipient_or_404(user_id)
+        devices = recipient.devices.order_by("id")[:1000]
+        return Response(DeviceSerializer(devices, many=True).data)
+
+    @extend_schema(
+        request=DeviceSerializer,
+        responses={200: DeviceSerializer, 201: DeviceSerializer, 400: ERROR_RESPONSE},
+        summary="Register a push token",
+    )
+    def post(self, request: Request, user_id: str) -> Response:
+        recipient = _recipient_or_404(user_id)
+        serializer = DeviceSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        registration = services.device_register(
+            recipient=recipient,
+            platform=serializer.validated_data["platform"],
+            token=serializer.validated_data["token"],
+        )
+        return Response(
+            DeviceSerializer(registration.device).data,
+            status=status.HTTP_201_CREATED if registration.created else status.HTTP_200_OK,
+        )
+
+
+class DeviceDetailView(APIView):
+    @extend_schema(responses={204: None, 404: ERROR_RESPONSE})
+    def delete(self, request: Request, user_id: str, device_id: int) -> Response:
+        recipient = _recipient_or_404(user_id)
+        if not services.device_remove(recipient=recipient, device_id=device_id):
+            raise NotFound("No such device for this recipient.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PreferencesView(APIView):
+    @extend_schema(responses={200: PreferencesSerializer, 404: ERROR_RESPONSE})
+    def get(self, request: Request, user_id: str) -> Response:
+        recipient = _recipient_or_404(user_id)
+        rules = Preference.objects.filter(recipient=recipient).select_related("category")
+        return Response(
+            {"preferences": [preference_representation(rule) for rule in rules.order_by("id")]}
+        )
+
+    @extend_schema(
+        request=PreferencesSerializer,
+        responses={200: PreferencesSerializer, 400: ERROR_RESPONSE, 404: ERROR_RESPONSE},
+        summary="Replace all preference rules",
+    )
+    def put(self, request: Request, user_id: str) -> Response:
+        recipient = _recipient_or_404(user_id)
+        serializer = PreferencesSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rules = [
+            services.Rule(
+                category=rule.get("category"),
+                channel=rule.get("channel"),
+                enabled=rule["enabled"],
+            )
+            for rule in serializer.validated_data["preferences"]
+        ]
+        saved = services.preferences_replace(recipient=recipient, rules=rules)
+        return Response({"preferences": [preference_representation(rule) for rule in saved]})

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import Q
+from phonenumber_field.modelfields import PhoneNumberField
+
+from channels.base import Channel
+
+
+class Recipient(models.Model):
+    external_id = models.CharField(max_length=255, unique=True, help_text="The caller's userId.")
+    email = models.EmailField(blank=True, null=True)
+    phone = PhoneNumberField(blank=True, null=True, help_text="E.164, e.g. +14155550100")
+    locale = models.CharField(max_length=35, blank=True, default="")
+    timezone = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Device(models.Model):
+    class Platform(models.TextChoices):
+        APNS = "apns", "Apple (APNs)"
+        FCM = "fcm", "Firebase (FCM)"
+
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="devices")
+    platform = models.CharField(max_length=8, choices=Platform.choices)
+    token = models.CharField(max_length=4096)
+    active = models.BooleanField(default=True)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+    deactivation_reason = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["platform", "token"], name="device_unique_token"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["recipient"], condition=Q(active=True), name="device_active_by_recipient"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.platform}:{self.token[:12]}…"
+
+
+class Category(models.Model):
+    key = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=255, blank=True, default="")
+    critical = models.BooleanField(
+        default=False, help_text="Critical categories (security codes…) ignore opt-outs."
+    )
+
+    class Meta:
+        verbose_name_plural = "categories"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Event(models.Model):
+    key = models.SlugField(max_length=128, unique=True)
+    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="events")
+    default_channels = ArrayField(
+        models.CharField(max_length=16, choices=Channel.choices), default=list, blank=True
+    )
+    description = models.TextField(blank=True, default="")
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Preference(models.Model):
+    """One opt-in/opt-out rule. A null category or channel means "all"; most specific wins."""
+
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="preferences")
+    category = models.ForeignKey(Category, on_delete=models.CASCADE, null=True, blank=True)
+    channel = models.CharField(max_length=16, choices=Channel.choices, null=True, blank=True)
+    enabled = models.BooleanField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["recipient", "category", "channel"],
+                name="preference_unique_rule",
+                nulls_distinct=False,
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = f"{self.category or 'all'}/{self.channel or 'all'}"
+        return f"{self.recipient}: {scope} {'on' if self.enabled else 'off'}"

@@ -1,0 +1,90 @@
+"""Writes about recipients: profile upsert, erasure, devices, preference rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+
+from preferences.models import Category, Device, Preference, Recipient
+
+
+def recipient_upsert(*, external_id: str, **profile: Any) -> tuple[Recipient, bool]:
+    """Create or replace a recipient's profile (PUT semantics: omitted fields are cleared)."""
+    defaults = {
+        "email": profile.get("email") or None,
+        "phone": profile.get("phone") or None,
+        "locale": profile.get("locale", ""),
+        "timezone": profile.get("timezone", ""),
+    }
+    return Recipient.objects.update_or_create(external_id=external_id, defaults=defaults)
+
+
+@transaction.atomic
+def recipient_erase(*, recipient: Recipient) -> None:
+    """Erase personal data: the profile, devices, rules and inbox go; the log stays, anonymous.
+
+    Notification rows keep their event and delivery statuses (for statistics and audits) but
+    lose the payload, the rendered content and the link to the person.
+    """
+    from notifications.models import Delivery, Notification
+
+    notifications = Notification.objects.filter(recipient=recipient)
+    Delivery.objects.filter(notification__in=notifications).update(content={})
+    notifications.update(data={}, external_user_id="", accept_response={})
+    recipient.delete()  # cascades to devices, preferences and inbox messages
+
+
+@dataclass(frozen=True)
+class DeviceRegistration:
+    device: Device
+    created: bool
+
+
+@transaction.atomic
+def device_register(*, recipient: Recipient, platform: str, token: str) -> DeviceRegistration:
+    """Register (or re-activate) a token. A token seen on another recipient moves here: the
+    phone changed hands or accounts, and only the newest owner should get its pushes."""
+    device = Device.objects.select_for_update().filter(platform=platform, token=token).first()
+    if device is None:
+        device, created = Device.objects.get_or_create(
+            platform=platform, token=token, defaults={"recipient": recipient}
+        )
+        if created:
+            return DeviceRegistration(device=device, created=True)
+    device.recipient = recipient
+    device.active = True
+    device.deactivated_at = None
+    device.deactivation_reason = ""
+    device.save()
+    return DeviceRegistration(device=device, created=False)
+
+
+def device_remove(*, recipient: Recipient, device_id: int) -> bool:
+    deleted, _ = Device.objects.filter(recipient=recipient, pk=device_id).delete()
+    return deleted > 0
+
+
+@dataclass(frozen=True)
+class Rule:
+    category: Category | None
+    channel: str | None
+    enabled: bool
+
+
+@transaction.atomic
+def preferences_replace(*, recipient: Recipient, rules: list[Rule]) -> list[Preference]:
+    """Replace all of a recipient's rules at once (PUT semantics)."""
+    Preference.objects.filter(recipient=recipient).delete()
+    return Preference.objects.bulk_create(
+        [
+            Preference(
+                recipient=recipient,
+                category=rule.category,
+                channel=rule.channel,
+                enabled=rule.enabled,
+            )
+            for rule in rules
+        ]
+    )

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import factory
+from rest_framework_api_key.models import APIKey
+
+from channels.base import Channel
+from notifications.models import Template
+from preferences.models import Category, Device, Event, Preference, Recipient
+
+
+class CategoryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Category
+        django_get_or_create = ("key",)
+
+    key = factory.Sequence(lambda n: f"category-{n}")
+    critical = False
+
+
+class EventFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Event
+        django_get_or_create = ("key",)
+
+    key = factory.Sequence(lambda n: f"event_{n}")
+    category = factory.SubFactory(CategoryFactory)
+    default_channels = factory.LazyFunction(lambda: [Channel.EMAIL, Channel.INAPP])
+
+
+class TemplateFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Template
+
+    event = factory.SubFactory(EventFactory)
+    channel = Channel.EMAIL
+    locale = ""
+    subject = "Order {{ orderId }} shipped"
+    body = "Your order {{ orderId }} is on its way."
+
+
+class RecipientFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Recipient
+
+    external_id = factory.Sequence(lambda n: f"user-{n}")
+    email = factory.LazyAttribute(lambda r: f"{r.external_id}@example.com")
+    phone = "+14155550100"
+    locale = "en"
+
+
+class DeviceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Device
+
+    recipient = factory.SubFactory(RecipientFactory)
+    platform = Device.Platform.FCM
+    token = factory.Sequence(lambda n: f"token-{n}")
+
+
+class PreferenceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Preference
+
+    recipient = factory.SubFactory(RecipientFactory)
+    category = None
+    channel = None
+    enabled = False
+
+
+def create_api_key(name: str = "tests") -> tuple[APIKey, str]:
+    return APIKey.objects.create_key(name=name)
