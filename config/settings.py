@@ -108,6 +108,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_AUTHENTICATION": [],
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "ENUM_NAME_OVERRIDES": {"ChannelEnum": "channels.base.Channel.choices"},
 }
 API_KEY_CUSTOM_HEADER = None  # the standard "Authorization: Api-Key <key>" header
 # Larger bodies are refused with 413 before they are parsed.

@@ -14,6 +14,7 @@ from notifications.locales import locale_chain
 from notifications.models import Template
 
 # Plain-text channels must not HTML-escape ("&" in an SMS stays "&"); email HTML must.
+# The engines differ only in what {% extends %}/{% include %}d templates inherit.
 # Both see templates/ so an email body can {% extends %} a shipped layout.
 _TEXT_ENGINE = Engine(dirs=[settings.BASE_DIR / "templates"], autoescape=False)
 _HTML_ENGINE = Engine(dirs=[settings.BASE_DIR / "templates"], autoescape=True)
@@ -52,13 +53,14 @@ def pick_templates(templates: Iterable[Template], *, locale: str) -> dict[str, T
 
 def render_template(template: Template, context: dict[str, Any]) -> dict[str, str]:
     """Rendered fields of ``template``; empty ones are left out."""
-    ctx = Context(context)
+    # Escaping follows the Context, not the Engine: text gets a non-escaping one.
+    text_ctx = Context(context, autoescape=False)
     try:
         rendered = {
-            "subject": _compile(template.subject, False).render(ctx).strip(),
-            "body": _compile(template.body, False).render(ctx).strip(),
-            "html": _compile(template.html_body, True).render(ctx) if template.html_body else "",
-            "url": _compile(template.url, False).render(ctx).strip() if template.url else "",
+            "subject": _compile(template.subject, False).render(text_ctx).strip(),
+            "body": _compile(template.body, False).render(text_ctx).strip(),
+            "html": _render_html(template.html_body, context) if template.html_body else "",
+            "url": _compile(template.url, False).render(text_ctx).strip() if template.url else "",
         }
     except TemplateSyntaxError as exc:
         raise TemplateRenderError(f"template {template}: {exc}") from exc
@@ -67,3 +69,7 @@ def render_template(template: Template, context: dict[str, Any]) -> dict[str, st
     rendered["templateVersion"] = str(template.version)
     rendered["locale"] = template.locale
     return rendered
+
+
+def _render_html(source: str, context: dict[str, Any]) -> str:
+    return _compile(source, True).render(Context(context, autoescape=True))

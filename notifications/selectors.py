@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 
 from notifications.models import Delivery, Notification
 
@@ -12,7 +12,7 @@ from notifications.models import Delivery, Notification
 def notification_get(*, notification_id: uuid.UUID) -> Notification | None:
     return (
         Notification.objects.select_related("event")
-        .prefetch_related("deliveries")
+        .prefetch_related(_deliveries_in_order())
         .filter(pk=notification_id)
         .first()
     )
@@ -26,7 +26,9 @@ def notifications_list(
     channel: str | None = None,
 ) -> QuerySet[Notification]:
     """Newest first; each filter narrows, and status/channel match any of the deliveries."""
-    notifications = Notification.objects.select_related("event").prefetch_related("deliveries")
+    notifications = Notification.objects.select_related("event").prefetch_related(
+        _deliveries_in_order()
+    )
     if user_id:
         # external_user_id survives erasure only as the opaque id; recipient joins the index.
         notifications = notifications.filter(recipient__external_id=user_id)
@@ -40,3 +42,7 @@ def notifications_list(
             deliveries = deliveries.filter(channel=channel)
         notifications = notifications.filter(Exists(deliveries))
     return notifications
+
+
+def _deliveries_in_order() -> Prefetch:  # type: ignore[type-arg]
+    return Prefetch("deliveries", queryset=Delivery.objects.order_by("id"))

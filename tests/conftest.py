@@ -1,17 +1,22 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection
 from rest_framework.test import APIClient
 from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
+from devtools.fakes.smtp import FakeSMTPServer
 from preferences.models import Event
 from tests.factories import CategoryFactory, EventFactory, TemplateFactory, create_api_key
+from tests.workers import WorkerProcess
 
 QUEUES = ("push", "email", "sms", "inapp", "maintenance")
 
@@ -79,3 +84,43 @@ def security_code(db: None) -> Event:
     for channel in Channel.values:
         TemplateFactory(event=event, channel=channel, subject="Code", body="Code {{ code }}")
     return event
+
+
+@pytest.fixture(scope="session")
+def smtp_relay() -> Iterator[FakeSMTPServer]:
+    """The local fake SMTP relay (real SMTP over TCP), shared by the whole session."""
+    server = FakeSMTPServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def workers(
+    django_db_setup: None,
+    django_db_blocker: Any,
+    smtp_relay: FakeSMTPServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, WorkerProcess]]:
+    """One real `celery worker -Q <queue>` process per queue, on the test database and broker."""
+    with django_db_blocker.unblock():
+        database_name = connection.settings_dict["NAME"]
+    db = settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings_test",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{database_name}",
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "EMAIL_URL": f"smtp://127.0.0.1:{smtp_relay.port}",
+    }
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    log_dir = tmp_path_factory.mktemp("workers")
+    started = {
+        queue: WorkerProcess(queue, env, log_dir) for queue in ("email", "inapp", "maintenance")
+    }
+    try:
+        for worker in started.values():
+            worker.wait_ready()
+        yield started
+    finally:
+        for worker in started.values():
+            worker.stop()

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 from rest_framework import serializers
 
 from channels.base import Channel
@@ -71,12 +69,8 @@ class NotificationSerializer(serializers.ModelSerializer):  # type: ignore[type-
     event = serializers.SlugRelatedField(slug_field="key", read_only=True)
     idempotencyKey = serializers.CharField(source="idempotency_key")
     createdAt = serializers.DateTimeField(source="created_at")
-    deliveries = serializers.SerializerMethodField()
+    deliveries = DeliverySerializer(many=True, read_only=True)
 
     class Meta:
         model = Notification
         fields = ["id", "userId", "event", "data", "idempotencyKey", "createdAt", "deliveries"]
-
-    def get_deliveries(self, notification: Notification) -> list[dict[str, Any]]:
-        rows = sorted(notification.deliveries.all(), key=lambda d: d.pk)
-        return DeliverySerializer(rows, many=True).data  # type: ignore[return-value]
