@@ -7,17 +7,17 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.template import Context, Engine, TemplateSyntaxError
+from django.template import Context, Engine, TemplateDoesNotExist, TemplateSyntaxError
 from django.template.base import Template as CompiledTemplate
 
 from notifications.locales import locale_chain
 from notifications.models import Template
 
 # Plain-text channels must not HTML-escape ("&" in an SMS stays "&"); email HTML must.
-# The engines differ only in what {% extends %}/{% include %}d templates inherit.
 # Both see templates/ so an email body can {% extends %} a shipped layout.
-_TEXT_ENGINE = Engine(dirs=[settings.BASE_DIR / "templates"], autoescape=False)
-_HTML_ENGINE = Engine(dirs=[settings.BASE_DIR / "templates"], autoescape=True)
+_TEMPLATE_DIRS = [str(settings.BASE_DIR / "templates")]
+_TEXT_ENGINE = Engine(dirs=_TEMPLATE_DIRS, autoescape=False)
+_HTML_ENGINE = Engine(dirs=_TEMPLATE_DIRS, autoescape=True)
 
 
 class TemplateRenderError(Exception):
@@ -62,7 +62,9 @@ def render_template(template: Template, context: dict[str, Any]) -> dict[str, st
             "html": _render_html(template.html_body, context) if template.html_body else "",
             "url": _compile(template.url, False).render(text_ctx).strip() if template.url else "",
         }
-    except TemplateSyntaxError as exc:
+    # A missing {% include %}/{% extends %} file only shows at render time, not when the
+    # admin validated the source: a template data error like a syntax error, not a 500.
+    except (TemplateSyntaxError, TemplateDoesNotExist) as exc:
         raise TemplateRenderError(f"template {template}: {exc}") from exc
     rendered = {key: value for key, value in rendered.items() if value}
     rendered["templateId"] = str(template.pk)

@@ -1,0 +1,59 @@
+"""Admin for recipients, their devices and opt-outs, and the event catalogue."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from preferences.models import Category, Device, Event, Preference, Recipient
+
+
+class DeviceInline(admin.TabularInline):
+    model = Device
+    extra = 0
+    fields = ("platform", "token", "active", "deactivated_at", "deactivation_reason", "created_at")
+    # Deactivation is the push providers' verdict on a dead token; editing it by hand would
+    # hide why a device stopped receiving.
+    readonly_fields = ("deactivated_at", "deactivation_reason", "created_at")
+
+
+class PreferenceInline(admin.TabularInline):
+    model = Preference
+    extra = 0
+    fields = ("category", "channel", "enabled", "updated_at")
+    readonly_fields = ("updated_at",)
+
+
+@admin.register(Recipient)
+class RecipientAdmin(admin.ModelAdmin):
+    list_display = ("external_id", "email", "phone", "locale", "created_at")
+    search_fields = ("external_id", "email", "phone")
+    readonly_fields = ("created_at", "updated_at")
+    inlines = (DeviceInline, PreferenceInline)
+    ordering = ("-created_at",)
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "recipient", "platform", "active", "deactivated_at", "created_at")
+    list_filter = ("platform", "active")
+    search_fields = ("token", "recipient__external_id")
+    list_select_related = ("recipient",)
+    # A select listing every recipient would not render on a real installation.
+    autocomplete_fields = ("recipient",)
+    readonly_fields = ("created_at", "updated_at")
+    ordering = ("-created_at",)
+
+
+@admin.register(Category)
+class CategoryAdmin(admin.ModelAdmin):
+    list_display = ("key", "name", "critical")
+    list_filter = ("critical",)
+    search_fields = ("key", "name")
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ("key", "category", "default_channels")
+    list_filter = ("category",)
+    search_fields = ("key", "description")
+    list_select_related = ("category",)

@@ -24,7 +24,7 @@ def channel_permissions(
     """
     if category.critical:
         return dict.fromkeys(channels, True)
-    rules = {
+    rules: dict[tuple[int | None, str | None], bool] = {
         (category_id, channel): enabled
         for category_id, channel, enabled in Preference.objects.filter(
             Q(category_id=category.pk) | Q(category__isnull=True), recipient_id=recipient_id

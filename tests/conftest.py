@@ -94,7 +94,9 @@ def smtp_relay() -> Iterator[FakeSMTPServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope: while workers run they consume the test broker's queues, which tests that
+# count published messages must not see.
+@pytest.fixture(scope="module")
 def workers(
     django_db_setup: None,
     django_db_blocker: Any,

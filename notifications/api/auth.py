@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
@@ -34,7 +34,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         if keyword != self.keyword or not key.strip():
             raise AuthenticationFailed("Expected 'Authorization: Api-Key <key>'.")
         try:
-            api_key = APIKey.objects.get_from_key(key.strip())
+            api_key = cast(APIKey, APIKey.objects.get_from_key(key.strip()))
         except APIKey.DoesNotExist:
             api_key = None
         if api_key is None or api_key.has_expired or api_key.revoked:

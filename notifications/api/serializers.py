@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
 from channels.base import Channel
@@ -16,7 +18,8 @@ class NotifyRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         allow_empty=False,
         max_length=len(Channel.choices),
     )
-    data = serializers.DictField(required=False, default=dict)
+    # DRF pops declared fields off the class, so this does not shadow Serializer.data.
+    data = serializers.DictField(required=False, default=dict)  # type: ignore[assignment]
     idempotencyKey = StrictCharField(max_length=255, required=False)
 
 
@@ -66,7 +69,9 @@ class DeliverySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
 
 class NotificationSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     userId = serializers.CharField(source="external_user_id")
-    event = serializers.SlugRelatedField(slug_field="key", read_only=True)
+    event: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="key", read_only=True
+    )
     idempotencyKey = serializers.CharField(source="idempotency_key")
     createdAt = serializers.DateTimeField(source="created_at")
     deliveries = DeliverySerializer(many=True, read_only=True)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -11,6 +11,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
 from notifications import selectors, services
@@ -60,7 +61,7 @@ class NotifyView(APIView):
                 fields={"idempotencyKey": ["At most 255 characters."]},
             )
         result = services.notification_accept(
-            api_key=request.auth,
+            api_key=cast(APIKey, request.auth),
             user_id=payload["userId"],
             event_key=payload["event"],
             channels=payload.get("channels"),

@@ -89,7 +89,7 @@ class PreferenceRuleSerializer(RejectUnknownFieldsMixin, serializers.Serializer)
 
 
 class PreferencesSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
-    preferences = PreferenceRuleSerializer(many=True, max_length=500)
+    preferences = PreferenceRuleSerializer(many=True, max_length=500)  # type: ignore[call-arg]
 
     def validate_preferences(self, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seen: set[tuple[Any, Any]] = set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django_celery_results.models import TaskResult
 
 from notifications import services
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery, InboxMessage
@@ -79,6 +80,13 @@ def test_retries_are_bounded_then_dead_lettered(api_client, order_shipped, worke
     assert letter.error_class == "channels.base.TransientDeliveryError"
     assert "451" in letter.error_message
     assert letter.task_name == "notifications.tasks.deliver_email"
+    # The failed task is also kept by django-celery-results (results are otherwise ignored).
+    wait_for(
+        lambda: TaskResult.objects.filter(
+            task_name="notifications.tasks.deliver_email", status="FAILURE"
+        ).exists(),
+        what="stored task failure",
+    )
 
 
 def test_permanent_failure_is_dead_lettered_once_and_replay_sends_once(

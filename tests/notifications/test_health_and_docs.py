@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+from config.celery import app
+
+pytestmark = pytest.mark.django_db
+
+
+def test_healthz_checks_database_and_broker(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+
+
+def test_healthz_is_503_when_the_broker_is_unreachable(client):
+    original = app.conf.broker_write_url
+    app.conf.broker_write_url = "redis://127.0.0.1:9/0"  # nothing listens on the discard port
+    try:
+        response = client.get("/healthz")
+    finally:
+        app.conf.broker_write_url = original
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "database": "ok", "broker": "unavailable"}
+
+
+def test_openapi_schema_and_docs_are_served_without_a_key(client):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert "/api/notify" in paths
+    assert "/api/recipients/{user_id}/preferences" in paths
+    assert "ApiKeyAuth" in schema.json()["components"]["securitySchemes"]
+    assert client.get("/api/docs/").status_code == 200
+
+
+def test_unknown_api_path_is_a_json_404(api_client):
+    response = api_client.get("/api/no-such-thing")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
