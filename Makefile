@@ -22,7 +22,7 @@ run: install services
 	$(BIN)/python devtools/run.py
 
 ## test: lint and the full suite against real PostgreSQL, Redis and Celery workers
-test: install services lint
+test: install services lint typecheck
 	$(BIN)/pytest
 
 lint: install

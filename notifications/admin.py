@@ -23,6 +23,7 @@ from notifications.models import (
     Notification,
     Template,
 )
+from notifications.locales import canonical_locale, is_valid_locale
 from notifications.rendering import TemplateRenderError, validate_template_source
 from notifications.services import failed_deliveries_replay
 
@@ -35,6 +36,13 @@ class TemplateForm(forms.ModelForm):
         fields = ("event", "channel", "locale", "subject", "body", "html_body", "url")
 
     SOURCE_FIELDS = ("subject", "body", "html_body", "url")
+
+    def clean_locale(self) -> str:
+        # Matching at send time compares canonical tags, so "pt_br" must be stored "pt-BR".
+        locale = self.cleaned_data.get("locale", "")
+        if not is_valid_locale(locale):
+            raise forms.ValidationError("Not a locale tag such as 'en' or 'pt-BR'.")
+        return canonical_locale(locale)
 
     def clean(self) -> dict[str, Any]:
         super().clean()

@@ -344,3 +344,14 @@ def test_replay_needs_the_change_permission(client, order_shipped, broker, djang
     letter.refresh_from_db()
     assert letter.replayed_at is None
     assert broker.queued("email") == 0
+
+
+def test_template_locale_is_stored_canonical_and_validated(admin_client, order_shipped):
+    url = reverse("admin:notifications_template_add")
+    fields = {"event": order_shipped.pk, "channel": "sms", "body": "Pedido {{ id }}"}
+
+    assert admin_client.post(url, {**fields, "locale": "pt_br"}).status_code == 302
+    assert Template.objects.filter(event=order_shipped, channel="sms", locale="pt-BR").exists()
+
+    response = admin_client.post(url, {**fields, "locale": "not a locale!"})
+    assert "locale" in response.context["adminform"].form.errors
