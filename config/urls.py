@@ -1,10 +1,25 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from notifications.api import views as notification_views
 from notifications.health import healthz
 from preferences.api import views as recipient_views
+
+
+class UserIdConverter:
+    """Any path segment but one holding NUL, which PostgreSQL text cannot even be queried with."""
+
+    regex = "[^/\x00]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(UserIdConverter, "user_id")
 
 api = [
     path("notify", notification_views.NotifyView.as_view(), name="notify"),
@@ -19,22 +34,22 @@ api = [
         name="notification-detail",
     ),
     path(
-        "recipients/<str:user_id>",
+        "recipients/<user_id:user_id>",
         recipient_views.RecipientView.as_view(),
         name="recipient",
     ),
     path(
-        "recipients/<str:user_id>/devices",
+        "recipients/<user_id:user_id>/devices",
         recipient_views.DeviceListView.as_view(),
         name="recipient-devices",
     ),
     path(
-        "recipients/<str:user_id>/devices/<int:device_id>",
+        "recipients/<user_id:user_id>/devices/<int:device_id>",
         recipient_views.DeviceDetailView.as_view(),
         name="recipient-device",
     ),
     path(
-        "recipients/<str:user_id>/preferences",
+        "recipients/<user_id:user_id>/preferences",
         recipient_views.PreferencesView.as_view(),
         name="recipient-preferences",
     ),

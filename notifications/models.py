@@ -59,9 +59,12 @@ class Notification(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["-created_at"], name="notification_recent"),
-            models.Index(fields=["recipient", "-created_at"], name="notification_by_recipient"),
-            models.Index(fields=["event", "-created_at"], name="notification_by_event"),
+            # "-id" matches the API's (created_at, id) cursor order, so pages are index scans.
+            models.Index(fields=["-created_at", "-id"], name="notification_recent"),
+            models.Index(
+                fields=["recipient", "-created_at", "-id"], name="notification_by_recipient"
+            ),
+            models.Index(fields=["event", "-created_at", "-id"], name="notification_by_event"),
         ]
 
     def __str__(self) -> str:

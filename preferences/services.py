@@ -26,13 +26,15 @@ def recipient_erase(*, recipient: Recipient) -> None:
     """Erase personal data: the profile, devices, rules and inbox go; the log stays, anonymous.
 
     Notification rows keep their event and delivery statuses (for statistics and audits) but
-    lose the payload, the rendered content and the link to the person.
+    lose the payload, the rendered content and the link to the person. The stored accept
+    answer (the notification id and each channel's status) holds nothing personal and stays,
+    so a caller retrying an old request with its idempotency key still gets the same answer.
     """
     from notifications.models import Delivery, Notification
 
     notifications = Notification.objects.filter(recipient=recipient)
     Delivery.objects.filter(notification__in=notifications).update(content={})
-    notifications.update(data={}, external_user_id="", accept_response={})
+    notifications.update(data={}, external_user_id="")
     recipient.delete()  # cascades to devices, preferences and inbox messages
 
 

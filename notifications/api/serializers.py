@@ -5,7 +5,11 @@ from typing import Any
 from rest_framework import serializers
 
 from channels.base import Channel
-from notifications.api.fields import RejectUnknownFieldsMixin, StrictCharField
+from notifications.api.fields import (
+    RejectUnknownFieldsMixin,
+    StrictCharField,
+    reject_unstorable_json,
+)
 from notifications.models import Delivery, Notification
 
 
@@ -21,6 +25,10 @@ class NotifyRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     # DRF pops declared fields off the class, so this does not shadow Serializer.data.
     data = serializers.DictField(required=False, default=dict)  # type: ignore[assignment]
     idempotencyKey = StrictCharField(max_length=255, required=False)
+
+    def validate_data(self, value: dict[str, Any]) -> dict[str, Any]:
+        reject_unstorable_json(value)
+        return value
 
 
 class AcceptedDeliverySerializer(serializers.Serializer):  # type: ignore[type-arg]

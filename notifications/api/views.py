@@ -83,7 +83,9 @@ class NotificationDetailView(APIView):
 
 
 class NewestFirst(CursorPagination):
-    ordering = "-created_at"
+    # Rows committed in one transaction share created_at (PostgreSQL now()); the cursor pages
+    # through ties by offset, which only holds if the tie order is fixed, hence the id.
+    ordering = ("-created_at", "-id")
     page_size = 50
     page_size_query_param = "pageSize"
     max_page_size = 500

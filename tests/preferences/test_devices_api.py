@@ -1,0 +1,215 @@
+"""POST/GET /api/recipients/{userId}/devices and DELETE /api/recipients/{userId}/devices/{id}."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+
+from preferences.models import Device
+from tests.factories import DeviceFactory, RecipientFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def ana():
+    return RecipientFactory(external_id="ana")
+
+
+@pytest.fixture
+def bob():
+    return RecipientFactory(external_id="bob")
+
+
+def register(client, user_id, platform="fcm", token="tok-1"):
+    return client.post(
+        f"/api/recipients/{user_id}/devices", {"platform": platform, "token": token}, format="json"
+    )
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.content
+    error = response.json()["error"]
+    assert error["code"] == code
+    return error
+
+
+def test_register_a_new_token(api_client, ana):
+    response = register(api_client, "ana", platform="apns", token="a" * 64)
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["platform"] == "apns"
+    assert body["token"] == "a" * 64
+    assert body["active"] is True
+    assert body["deactivatedAt"] is None
+    assert body["deactivationReason"] == ""
+    device = Device.objects.get(pk=body["id"])
+    assert device.recipient == ana
+    assert device.active
+
+
+def test_registering_the_same_token_again_returns_the_same_device(api_client, ana):
+    first = register(api_client, "ana")
+
+    again = register(api_client, "ana")
+
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert Device.objects.count() == 1
+
+
+def test_the_same_token_on_another_platform_is_another_device(api_client, ana):
+    fcm = register(api_client, "ana", platform="fcm", token="same")
+    apns = register(api_client, "ana", platform="apns", token="same")
+
+    assert fcm.status_code == apns.status_code == 201
+    assert fcm.json()["id"] != apns.json()["id"]
+
+
+def test_a_token_moves_to_its_newest_owner(api_client, ana, bob):
+    device = DeviceFactory(recipient=bob, token="shared-phone")
+
+    response = register(api_client, "ana", token="shared-phone")
+
+    assert response.status_code == 200
+    assert response.json()["id"] == device.pk
+    device.refresh_from_db()
+    assert device.recipient == ana
+    assert api_client.get("/api/recipients/bob/devices").json() == []
+    assert [d["id"] for d in api_client.get("/api/recipients/ana/devices").json()] == [device.pk]
+
+
+def test_registering_an_inactive_token_reactivates_it(api_client, ana):
+    device = DeviceFactory(
+        recipient=ana,
+        token="revived",
+        active=False,
+        deactivated_at=timezone.now(),
+        deactivation_reason="FCM UNREGISTERED",
+    )
+
+    response = register(api_client, "ana", token="revived")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"] == device.pk
+    assert body["active"] is True
+    assert body["deactivatedAt"] is None
+    assert body["deactivationReason"] == ""
+    device.refresh_from_db()
+    assert device.active
+    assert device.deactivated_at is None
+
+
+def test_list_devices(api_client, ana, bob):
+    mine = [DeviceFactory(recipient=ana), DeviceFactory(recipient=ana, active=False)]
+    DeviceFactory(recipient=bob)
+
+    response = api_client.get("/api/recipients/ana/devices")
+
+    assert response.status_code == 200
+    assert [(d["id"], d["active"]) for d in response.json()] == [
+        (mine[0].pk, True),
+        (mine[1].pk, False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"platform": "blackberry", "token": "t"}, "platform"),
+        ({"platform": "", "token": "t"}, "platform"),
+        ({"token": "t"}, "platform"),
+        ({"platform": "fcm"}, "token"),
+        ({"platform": "fcm", "token": ""}, "token"),
+        ({"platform": "fcm", "token": 123}, "token"),
+        ({"platform": "fcm", "token": "t", "owner": "bob"}, "owner"),
+    ],
+)
+def test_invalid_registration(api_client, ana, body, field):
+    response = api_client.post("/api/recipients/ana/devices", body, format="json")
+
+    error = assert_error(response, 400, "validation_error")
+    assert set(error["fields"]) == {field}
+    assert not Device.objects.exists()
+
+
+def test_a_caller_cannot_register_a_device_as_inactive(api_client, ana):
+    # "active" is read-only: only a provider's verdict deactivates a token.
+    response = api_client.post(
+        "/api/recipients/ana/devices",
+        {"platform": "fcm", "token": "t", "active": False},
+        format="json",
+    )
+
+    assert response.status_code == 201
+    assert response.json()["active"] is True
+    assert Device.objects.get().active
+
+
+def test_register_for_an_unknown_recipient(api_client, db):
+    assert_error(register(api_client, "nobody"), 404, "recipient_not_found")
+    assert not Device.objects.exists()
+
+
+def test_list_for_an_unknown_recipient(api_client, db):
+    assert_error(api_client.get("/api/recipients/nobody/devices"), 404, "recipient_not_found")
+
+
+def test_delete_own_device(api_client, ana):
+    device = DeviceFactory(recipient=ana)
+    other = DeviceFactory(recipient=ana)
+
+    response = api_client.delete(f"/api/recipients/ana/devices/{device.pk}")
+
+    assert response.status_code == 204
+    assert not Device.objects.filter(pk=device.pk).exists()
+    assert Device.objects.filter(pk=other.pk).exists()
+
+
+def test_delete_someone_elses_device_is_a_404(api_client, ana, bob):
+    device = DeviceFactory(recipient=bob)
+
+    response = api_client.delete(f"/api/recipients/ana/devices/{device.pk}")
+
+    assert_error(response, 404, "not_found")
+    assert Device.objects.filter(pk=device.pk, recipient=bob).exists()
+
+
+def test_delete_unknown_device_is_a_404(api_client, ana):
+    assert_error(api_client.delete("/api/recipients/ana/devices/999999"), 404, "not_found")
+
+
+def test_delete_twice_is_a_404_the_second_time(api_client, ana):
+    device = DeviceFactory(recipient=ana)
+    assert api_client.delete(f"/api/recipients/ana/devices/{device.pk}").status_code == 204
+    assert_error(api_client.delete(f"/api/recipients/ana/devices/{device.pk}"), 404, "not_found")
+
+
+def test_delete_device_of_an_unknown_recipient(api_client, ana):
+    device = DeviceFactory(recipient=ana)
+    response = api_client.delete(f"/api/recipients/nobody/devices/{device.pk}")
+    assert_error(response, 404, "recipient_not_found")
+    assert Device.objects.filter(pk=device.pk).exists()
+
+
+def test_non_numeric_device_id_is_a_json_404(api_client, ana):
+    assert_error(api_client.delete("/api/recipients/ana/devices/abc"), 404, "not_found")
+
+
+def test_registered_device_makes_push_reachable(
+    api_client, ana, order_shipped, settings, django_capture_on_commit_callbacks, broker
+):
+    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": "tests.fake.Push"}
+    register(api_client, "ana")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_client.post(
+            "/api/notify",
+            {"userId": "ana", "event": "order_shipped", "channels": ["push"]},
+            format="json",
+        )
+
+    assert response.json()["deliveries"] == [{"channel": "push", "status": "queued"}]
+    assert broker.queued("push") == 1
