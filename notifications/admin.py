@@ -15,6 +15,7 @@ from django.http import HttpRequest
 from django.utils.text import Truncator
 
 from channels.base import Channel
+from notifications.locales import canonical_locale, is_valid_locale
 from notifications.models import (
     Delivery,
     DeliveryStatus,
@@ -23,7 +24,6 @@ from notifications.models import (
     Notification,
     Template,
 )
-from notifications.locales import canonical_locale, is_valid_locale
 from notifications.rendering import TemplateRenderError, validate_template_source
 from notifications.services import failed_deliveries_replay
 
