@@ -1,0 +1,1 @@
+"""Benchmarks of the service. Nothing here is imported by the application itself."""
