@@ -39,10 +39,29 @@ class OutboundMessage:
 
 
 @dataclass(frozen=True)
+class DestinationOutcome:
+    """What happened at one destination of a delivery (one device token, say)."""
+
+    status: str  # "sent" or "dead"
+    message_id: str = ""
+    error: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        out = {"status": self.status}
+        if self.message_id:
+            out["messageId"] = self.message_id
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True)
 class ProviderResult:
     provider: str
     message_id: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    # Per destination, for channels that fan out (push to each device).
+    destinations: dict[str, DestinationOutcome] = field(default_factory=dict)
 
 
 class DeliveryError(Exception):
@@ -75,31 +94,48 @@ class DeliveryError(Exception):
 
 
 class TransientDeliveryError(DeliveryError):
-    """Worth trying again later: rate limits, timeouts, 5xx, dropped connections."""
+    """Worth trying again later: rate limits, timeouts, 5xx, dropped connections.
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
-
-
-class PermanentDeliveryError(DeliveryError):
-    """The destination itself is dead (bad token, invalid number, refused address).
-
-    ``dead_device_token`` / ``dead_address`` name what must stop being used; the side effect is
-    applied in one place, ``notifications.services.deliveries``.
+    ``partial`` holds the destinations already settled before the failure, so the retry
+    does not send to them again.
     """
 
     def __init__(
         self,
         message: str,
         *,
-        dead_device_token: str | None = None,
-        dead_address: str | None = None,
+        retry_after: float | None = None,
+        partial: dict[str, DestinationOutcome] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
-        self.dead_device_token = dead_device_token
+        self.retry_after = retry_after
+        self.partial = partial or {}
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Trying again cannot help: the destination is dead or the provider refused the message.
+
+    ``dead_device_tokens`` / ``dead_address`` name what must stop being used (the device is
+    deactivated, the address suppressed with ``suppress_reason``); the side effect is applied
+    in one place, ``notifications.services.deliveries``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        dead_device_tokens: tuple[str, ...] = (),
+        dead_address: str | None = None,
+        suppress_reason: str = "invalid",
+        destinations: dict[str, DestinationOutcome] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.dead_device_tokens = dead_device_tokens
         self.dead_address = dead_address
+        self.suppress_reason = suppress_reason
+        self.destinations = destinations or {}
 
 
 class ProviderConfigurationError(Exception):

@@ -42,7 +42,9 @@ class EmailProvider:
         try:
             email.send()
         except AnymailRecipientsRefused as exc:
-            raise PermanentDeliveryError(str(exc), provider=provider, dead_address=address) from exc
+            raise PermanentDeliveryError(
+                str(exc), provider=provider, dead_address=address, suppress_reason="hard_bounce"
+            ) from exc
         except AnymailAPIError as exc:
             status = exc.status_code
             if status is None or status == 429 or status >= 500:
@@ -80,7 +82,12 @@ def _raise_for_smtp_code(
             detail, provider=provider, status_code=code, provider_code=str(code)
         ) from exc
     raise PermanentDeliveryError(
-        detail, provider=provider, status_code=code, provider_code=str(code), dead_address=address
+        detail,
+        provider=provider,
+        status_code=code,
+        provider_code=str(code),
+        dead_address=address,
+        suppress_reason="hard_bounce",
     ) from exc
 
 

@@ -13,6 +13,15 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
+
+def env_secret(name: str, default: str = "") -> str:
+    """A secret from NAME, or from the file named by NAME_FILE (Docker/Kubernetes secrets)."""
+    path = env.str(f"{name}_FILE", default="")
+    if path:
+        return Path(path).read_text().strip()
+    return env.str(name, default=default)
+
+
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # noqa: S105 (dev default only)
 SECRET_KEY = env.str("SECRET_KEY", default=DEV_SECRET_KEY)
 DEBUG = env.bool("DEBUG", default=False)
@@ -124,6 +133,12 @@ NOTIFY_PROVIDERS = {
     "push": env.str("NOTIFY_PROVIDER_PUSH", default=""),
     "sms": env.str("NOTIFY_PROVIDER_SMS", default=""),
 }
+# The push channel sends each device through its platform's sender; a platform left empty is
+# not configured and its devices are skipped (reason "platform_not_configured").
+NOTIFY_PUSH_SENDERS = {
+    "apns": env.str("NOTIFY_PUSH_APNS", default="channels.apns.APNsSender"),
+    "fcm": env.str("NOTIFY_PUSH_FCM", default="channels.fcm.FCMSender"),
+}
 NOTIFY_MAX_RETRIES = env.int("NOTIFY_MAX_RETRIES", default=8)
 NOTIFY_RETRY_BACKOFF = env.int("NOTIFY_RETRY_BACKOFF", default=2)
 NOTIFY_RETRY_BACKOFF_MAX = env.int("NOTIFY_RETRY_BACKOFF_MAX", default=600)
@@ -133,6 +148,30 @@ NOTIFY_LEASE_SECONDS = env.int("NOTIFY_LEASE_SECONDS", default=300)
 NOTIFY_SWEEP_INTERVAL_SECONDS = env.int("NOTIFY_SWEEP_INTERVAL_SECONDS", default=60)
 NOTIFY_SWEEP_BATCH = env.int("NOTIFY_SWEEP_BATCH", default=1000)
 NOTIFY_PROVIDER_TIMEOUT_SECONDS = env.float("NOTIFY_PROVIDER_TIMEOUT_SECONDS", default=10.0)
+
+# --- Push: APNs (token auth, HTTP/2) ---------------------------------------------------------
+APNS_KEY_ID = env.str("APNS_KEY_ID", default="")
+APNS_TEAM_ID = env.str("APNS_TEAM_ID", default="")
+APNS_TOPIC = env.str("APNS_TOPIC", default="")  # the app's bundle id
+APNS_PRIVATE_KEY = env_secret("APNS_PRIVATE_KEY")  # the .p8 key's PEM text (or *_FILE)
+APNS_ENDPOINT = env.str("APNS_ENDPOINT", default="https://api.push.apple.com")
+# Extra CA bundle to trust (the local fake's test CA); empty means the system's CAs.
+APNS_CA_FILE = env.str("APNS_CA_FILE", default="")
+
+# --- Push: FCM HTTP v1 (service account) ----------------------------------------------------
+FCM_CREDENTIALS_FILE = env.str("FCM_CREDENTIALS_FILE", default="")  # service-account JSON
+FCM_PROJECT_ID = env.str("FCM_PROJECT_ID", default="")  # defaults to the credentials' one
+FCM_ENDPOINT = env.str("FCM_ENDPOINT", default="https://fcm.googleapis.com")
+
+# --- SMS: Twilio ------------------------------------------------------------------------------
+TWILIO_ACCOUNT_SID = env.str("TWILIO_ACCOUNT_SID", default="")
+TWILIO_AUTH_TOKEN = env_secret("TWILIO_AUTH_TOKEN")
+TWILIO_FROM_NUMBER = env.str("TWILIO_FROM_NUMBER", default="")
+TWILIO_MESSAGING_SERVICE_SID = env.str("TWILIO_MESSAGING_SERVICE_SID", default="")
+# Where Twilio reaches our status callback, e.g. https://notify.example.com/webhooks/twilio/status
+TWILIO_STATUS_CALLBACK_URL = env.str("TWILIO_STATUS_CALLBACK_URL", default="")
+# Empty means Twilio's own API; the local fake is "http://127.0.0.1:<port>".
+TWILIO_API_BASE = env.str("TWILIO_API_BASE", default="")
 
 # --- Email (django-anymail or any Django email backend) --------------------------------------
 # EMAIL_URL picks a plain backend (consolemail://, smtp://host:port, smtp+tls://...);

@@ -105,6 +105,9 @@ class Delivery(models.Model):
     last_error = models.TextField(blank=True, default="")
     # Every transition appended as {"status", "at", "attempt", "error"?}.
     history = models.JSONField(default=list, blank=True)
+    # Per destination (e.g. each push device token): {"status", "messageId"?, "error"?}. A
+    # retry skips the destinations already sent, so one dead phone never re-sends to the rest.
+    results = models.JSONField(default=dict, blank=True)
     # Past this instant a queued/sending delivery is presumed lost and the sweep re-enqueues it.
     lease_until = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
@@ -128,6 +131,12 @@ class Delivery(models.Model):
                 name="delivery_pending_lease",
             ),
             models.Index(fields=["status", "channel"], name="delivery_by_status"),
+            # Provider receipts (webhooks) find their delivery by the provider's message id.
+            models.Index(
+                fields=["provider", "provider_message_id"],
+                condition=~Q(provider_message_id=""),
+                name="delivery_by_provider_id",
+            ),
         ]
 
     def __str__(self) -> str:

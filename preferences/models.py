@@ -96,3 +96,41 @@ class Preference(models.Model):
     def __str__(self) -> str:
         scope = f"{self.category or 'all'}/{self.channel or 'all'}"
         return f"{self.recipient}: {scope} {'on' if self.enabled else 'off'}"
+
+
+class Suppression(models.Model):
+    """A destination that must not be used again: a hard bounce, a complaint, an SMS STOP.
+
+    Keyed by the address itself (not the recipient), because the address is what the provider
+    refused; any recipient holding it is skipped with reason ``suppressed``.
+    """
+
+    class Reason(models.TextChoices):
+        HARD_BOUNCE = "hard_bounce", "Hard bounce"
+        COMPLAINT = "complaint", "Spam complaint"
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed at the provider"
+        INVALID = "invalid", "Invalid destination"
+        SMS_STOP = "sms_stop", "Replied STOP"
+        MANUAL = "manual", "Added by an operator"
+
+    channel = models.CharField(
+        max_length=16, choices=[(Channel.EMAIL, "Email"), (Channel.SMS, "SMS")]
+    )
+    address = models.CharField(max_length=320, help_text="Lower-case email or E.164 phone.")
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    provider = models.CharField(max_length=64, blank=True, default="")
+    detail = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["channel", "address"], name="suppression_unique"),
+        ]
+        indexes = [models.Index(fields=["-created_at", "-id"], name="suppression_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.channel}:{self.address} ({self.reason})"
+
+
+def normalize_address(channel: str, address: str) -> str:
+    return address.strip().lower() if channel == Channel.EMAIL else address.strip()

@@ -4,14 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
+from django.db.models.functions import Lower
 
 from channels.base import Channel
-from preferences.models import Category, Device, Preference, Recipient
+from preferences.models import (
+    Category,
+    Device,
+    Preference,
+    Recipient,
+    Suppression,
+    normalize_address,
+)
 
 
 def recipient_get(*, external_id: str) -> Recipient | None:
-    return Recipient.objects.filter(external_id=external_id).first()
+    """The recipient, annotated with ``email_suppressed`` / ``phone_suppressed`` (same query)."""
+    return (
+        Recipient.objects.annotate(
+            email_suppressed=Exists(
+                Suppression.objects.filter(channel=Channel.EMAIL, address=Lower(OuterRef("email")))
+            ),
+            phone_suppressed=Exists(
+                Suppression.objects.filter(channel=Channel.SMS, address=OuterRef("phone"))
+            ),
+        )
+        .filter(external_id=external_id)
+        .first()
+    )
+
+
+def is_suppressed(*, channel: str, address: str) -> bool:
+    return Suppression.objects.filter(
+        channel=channel, address=normalize_address(channel, address)
+    ).exists()
 
 
 def channel_permissions(
@@ -42,16 +68,22 @@ def _resolve(
     return True
 
 
-def active_device_tokens(*, recipient_id: int) -> list[tuple[str, str]]:
-    return list(
-        Device.objects.filter(recipient_id=recipient_id, active=True)
-        .order_by("id")
-        .values_list("platform", "token")
-    )
+def active_device_tokens(
+    *, recipient_id: int, platforms: Iterable[str] | None = None
+) -> list[tuple[str, str]]:
+    """(platform, token) of the recipient's active devices, optionally of some platforms only."""
+    devices = Device.objects.filter(recipient_id=recipient_id, active=True)
+    if platforms is not None:
+        devices = devices.filter(platform__in=list(platforms))
+    return list(devices.order_by("id").values_list("platform", "token"))
 
 
 def unreachable_reason(
-    *, channel: str, recipient: Recipient, device_tokens: Iterable[tuple[str, str]] = ()
+    *,
+    channel: str,
+    recipient: Recipient,
+    device_tokens: Iterable[tuple[str, str]] = (),
+    suppressed: bool = False,
 ) -> str | None:
     """Why ``channel`` cannot reach ``recipient`` right now, or None if it can."""
     if channel == Channel.EMAIL and not recipient.email:
@@ -60,4 +92,14 @@ def unreachable_reason(
         return "no_phone"
     if channel == Channel.PUSH and not any(True for _ in device_tokens):
         return "no_device"
+    if suppressed:
+        return "suppressed"
+    return None
+
+
+def address_for(channel: str, recipient: Recipient) -> str | None:
+    if channel == Channel.EMAIL:
+        return recipient.email or None
+    if channel == Channel.SMS:
+        return str(recipient.phone) if recipient.phone else None
     return None

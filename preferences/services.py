@@ -7,7 +7,14 @@ from typing import Any
 
 from django.db import transaction
 
-from preferences.models import Category, Device, Preference, Recipient
+from preferences.models import (
+    Category,
+    Device,
+    Preference,
+    Recipient,
+    Suppression,
+    normalize_address,
+)
 
 
 def recipient_upsert(*, external_id: str, **profile: Any) -> tuple[Recipient, bool]:
@@ -90,3 +97,19 @@ def preferences_replace(*, recipient: Recipient, rules: list[Rule]) -> list[Pref
             for rule in rules
         ]
     )
+
+
+def suppression_add(
+    *, channel: str, address: str, reason: str, provider: str = "", detail: str = ""
+) -> tuple[Suppression, bool]:
+    """Stop using an address on a channel; the first reason recorded is kept."""
+    return Suppression.objects.get_or_create(
+        channel=channel,
+        address=normalize_address(channel, address),
+        defaults={"reason": reason, "provider": provider[:64], "detail": detail},
+    )
+
+
+def suppression_remove(*, suppression_id: int) -> bool:
+    deleted, _ = Suppression.objects.filter(pk=suppression_id).delete()
+    return deleted > 0

@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework_api_key.models import APIKey
 
-from channels import registry
+from channels import push, registry
 from notifications.exceptions import (
     IdempotencyConflict,
     NoChannels,
@@ -136,8 +136,16 @@ def _plan_deliveries(
         recipient_id=recipient.pk, category=event.category, channels=channels
     )
     device_tokens = (
-        recipients.active_device_tokens(recipient_id=recipient.pk) if "push" in channels else []
+        recipients.active_device_tokens(
+            recipient_id=recipient.pk, platforms=push.configured_platforms()
+        )
+        if "push" in channels
+        else []
     )
+    suppressed = {
+        "email": bool(getattr(recipient, "email_suppressed", False)),
+        "sms": bool(getattr(recipient, "phone_suppressed", False)),
+    }
     templates = pick_templates(
         Template.objects.filter(event=event, channel__in=channels), locale=recipient.locale
     )
@@ -161,7 +169,10 @@ def _plan_deliveries(
             reason = "opted_out"
         else:
             reason = recipients.unreachable_reason(
-                channel=channel, recipient=recipient, device_tokens=device_tokens
+                channel=channel,
+                recipient=recipient,
+                device_tokens=device_tokens,
+                suppressed=suppressed.get(channel, False),
             )
         if reason is None and channel not in templates:
             reason = "no_template"

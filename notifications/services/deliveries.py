@@ -6,16 +6,20 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from channels import registry
+from channels import push, registry
 from channels.base import (
+    Channel,
     Destination,
+    DestinationOutcome,
     OutboundMessage,
     PermanentDeliveryError,
+    ProviderResult,
     TransientDeliveryError,
 )
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
@@ -23,6 +27,7 @@ from notifications.services import transitions
 from notifications.services.enqueue import enqueue_on_commit
 from preferences import selectors as recipients
 from preferences.models import Device, Recipient
+from preferences.services import suppression_add
 
 logger = logging.getLogger(__name__)
 
@@ -46,27 +51,90 @@ def delivery_send(*, delivery_id: int, task_name: str = "") -> Outcome:
     delivery = Delivery.objects.select_related(
         "notification__event__category", "notification__recipient"
     ).get(pk=delivery_id)
-    notification = delivery.notification
-    recipient = notification.recipient
-    skip_reason = _skip_reason(delivery, recipient)
-    if skip_reason is not None:
-        _finish(delivery, DeliveryStatus.SKIPPED, reason=skip_reason)
-        return Outcome.SKIPPED
-    assert recipient is not None
+    recipient = delivery.notification.recipient
+    if recipient is None:
+        return _skip(delivery, "recipient_erased")
     provider = registry.provider_for(delivery.channel)
-    assert provider is not None
-    device_tokens = (
-        recipients.active_device_tokens(recipient_id=recipient.pk)
-        if delivery.channel == "push"
-        else []
-    )
+    if provider is None:
+        return _skip(delivery, "channel_not_configured")
+    if not _allowed(delivery, recipient):
+        return _skip(delivery, "opted_out")
+    device_tokens = _devices_still_to_reach(delivery, recipient)
+    if delivery.channel == Channel.PUSH and not device_tokens and _reached_any(delivery):
+        # Every device was settled by earlier attempts; only the bookkeeping is left.
+        return _mark_sent(delivery, ProviderResult(provider=delivery.provider or provider.name))
+    address = recipients.address_for(delivery.channel, recipient)
     reason = recipients.unreachable_reason(
-        channel=delivery.channel, recipient=recipient, device_tokens=device_tokens
+        channel=delivery.channel,
+        recipient=recipient,
+        device_tokens=device_tokens,
+        suppressed=bool(address)
+        and recipients.is_suppressed(channel=delivery.channel, address=address or ""),
     )
     if reason is not None:
-        _finish(delivery, DeliveryStatus.SKIPPED, reason=reason)
-        return Outcome.SKIPPED
-    message = OutboundMessage(
+        return _skip(delivery, reason)
+    message = _outbound(delivery, recipient, device_tokens)
+    try:
+        result = provider.send(message)
+    except TransientDeliveryError as exc:
+        _record_transient(delivery, recipient, exc)
+        raise
+    except PermanentDeliveryError as exc:
+        with transaction.atomic():
+            _retire_dead_destinations(delivery.channel, recipient, exc, exc.destinations)
+            delivery_dead_letter(
+                delivery_id=delivery.pk,
+                error=exc,
+                traceback="",
+                task_name=task_name,
+                results=_as_json(exc.destinations),
+            )
+        return Outcome.FAILED
+    _retire_dead_destinations(delivery.channel, recipient, None, result.destinations)
+    return _mark_sent(delivery, result)
+
+
+def _skip(delivery: Delivery, reason: str) -> Outcome:
+    transitions.transition(
+        [delivery.pk],
+        to=DeliveryStatus.SKIPPED,
+        allowed_from=(DeliveryStatus.SENDING,),
+        note={"reason": reason},
+        reason=reason,
+    )
+    return Outcome.SKIPPED
+
+
+def _allowed(delivery: Delivery, recipient: Recipient) -> bool:
+    return recipients.channel_permissions(
+        recipient_id=recipient.pk,
+        category=delivery.notification.event.category,
+        channels=[delivery.channel],
+    )[delivery.channel]
+
+
+def _reached_any(delivery: Delivery) -> bool:
+    return any(outcome.get("status") == "sent" for outcome in delivery.results.values())
+
+
+def _devices_still_to_reach(delivery: Delivery, recipient: Recipient) -> list[tuple[str, str]]:
+    if delivery.channel != Channel.PUSH:
+        return []
+    settled = set(delivery.results)
+    return [
+        (platform, token)
+        for platform, token in recipients.active_device_tokens(
+            recipient_id=recipient.pk, platforms=push.configured_platforms()
+        )
+        if token not in settled
+    ]
+
+
+def _outbound(
+    delivery: Delivery, recipient: Recipient, device_tokens: list[tuple[str, str]]
+) -> OutboundMessage:
+    notification = delivery.notification
+    return OutboundMessage(
         delivery_id=delivery.pk,
         notification_id=str(notification.pk),
         channel=delivery.channel,
@@ -82,32 +150,33 @@ def delivery_send(*, delivery_id: int, task_name: str = "") -> Outcome:
         content=delivery.content,
         data=notification.data,
     )
-    try:
-        result = provider.send(message)
-    except TransientDeliveryError as exc:
-        wait = max(float(settings.NOTIFY_RETRY_BACKOFF_MAX), exc.retry_after or 0.0)
+
+
+def _record_transient(
+    delivery: Delivery, recipient: Recipient, error: TransientDeliveryError
+) -> None:
+    wait = max(float(settings.NOTIFY_RETRY_BACKOFF_MAX), error.retry_after or 0.0)
+    with transaction.atomic():
+        _retire_dead_destinations(delivery.channel, recipient, None, error.partial)
         transitions.transition(
             [delivery.pk],
             to=DeliveryStatus.QUEUED,
             allowed_from=(DeliveryStatus.SENDING,),
             lease_seconds=wait + settings.NOTIFY_LEASE_SECONDS,
-            note={"error": str(exc), "transient": True},
-            last_error=str(exc),
+            note={"error": str(error), "transient": True},
+            merge_results=_as_json(error.partial),
+            last_error=str(error),
         )
-        raise
-    except PermanentDeliveryError as exc:
-        with transaction.atomic():
-            _retire_dead_destination(recipient, exc)
-            delivery_dead_letter(
-                delivery_id=delivery.pk, error=exc, traceback="", task_name=task_name
-            )
-        return Outcome.FAILED
+
+
+def _mark_sent(delivery: Delivery, result: ProviderResult) -> Outcome:
     moved = transitions.transition(
         [delivery.pk],
         to=DeliveryStatus.SENT,
         # A sweep may have requeued us while the provider was slow; a late success still wins.
         allowed_from=(DeliveryStatus.SENDING, DeliveryStatus.QUEUED),
         note={"provider": result.provider, "messageId": result.message_id},
+        merge_results=_as_json(result.destinations),
         provider=result.provider,
         provider_message_id=result.message_id,
         last_error="",
@@ -117,46 +186,44 @@ def delivery_send(*, delivery_id: int, task_name: str = "") -> Outcome:
     return Outcome.SENT
 
 
-def _skip_reason(delivery: Delivery, recipient: Recipient | None) -> str | None:
-    if recipient is None:
-        return "recipient_erased"
-    if not registry.is_configured(delivery.channel):
-        return "channel_not_configured"
-    notification = delivery.notification
-    allowed = recipients.channel_permissions(
-        recipient_id=recipient.pk,
-        category=notification.event.category,
-        channels=[delivery.channel],
-    )
-    if not allowed[delivery.channel]:
-        return "opted_out"
-    return None
+def _as_json(outcomes: dict[str, DestinationOutcome]) -> dict[str, Any]:
+    return {destination: outcome.as_json() for destination, outcome in outcomes.items()}
 
 
-def _finish(delivery: Delivery, status: DeliveryStatus, *, reason: str) -> None:
-    transitions.transition(
-        [delivery.pk],
-        to=status,
-        allowed_from=(DeliveryStatus.SENDING,),
-        note={"reason": reason},
-        reason=reason,
-    )
-
-
-def _retire_dead_destination(recipient: Recipient, error: PermanentDeliveryError) -> None:
-    """The one place where a provider's "this destination is dead" has its side effect."""
-    if error.dead_device_token:
-        Device.objects.filter(
-            recipient=recipient, token=error.dead_device_token, active=True
-        ).update(
-            active=False,
-            deactivated_at=timezone.now(),
-            deactivation_reason=str(error)[:255],
+def _retire_dead_destinations(
+    channel: str,
+    recipient: Recipient,
+    error: PermanentDeliveryError | None,
+    outcomes: dict[str, DestinationOutcome],
+) -> None:
+    """The one place where a provider's "this destination is dead" has its side effect:
+    dead device tokens are deactivated (never deleted), dead addresses suppressed."""
+    now = timezone.now()
+    dead_tokens = {token for token, o in outcomes.items() if o.status == "dead"}
+    if error is not None:
+        dead_tokens.update(error.dead_device_tokens)
+    for token in dead_tokens:
+        reason = outcomes[token].error if token in outcomes else str(error)
+        Device.objects.filter(recipient=recipient, token=token, active=True).update(
+            active=False, deactivated_at=now, deactivation_reason=reason[:255]
+        )
+    if error is not None and error.dead_address:
+        suppression_add(
+            channel=channel,
+            address=error.dead_address,
+            reason=error.suppress_reason,
+            provider=error.provider,
+            detail=str(error),
         )
 
 
 def delivery_dead_letter(
-    *, delivery_id: int, error: BaseException, traceback: str, task_name: str
+    *,
+    delivery_id: int,
+    error: BaseException,
+    traceback: str,
+    task_name: str,
+    results: dict[str, Any] | None = None,
 ) -> bool:
     """Fail a pending delivery and record it in the dead-letter table; False if not pending."""
     with transaction.atomic():
@@ -165,6 +232,7 @@ def delivery_dead_letter(
             to=DeliveryStatus.FAILED,
             allowed_from=(DeliveryStatus.QUEUED, DeliveryStatus.SENDING),
             note={"error": str(error), "errorClass": type(error).__name__},
+            merge_results=results,
             reason=getattr(error, "provider_code", None) or type(error).__name__,
             last_error=str(error),
         )

@@ -35,13 +35,15 @@ def transition(
     note: dict[str, Any] | None = None,
     lease_seconds: float | None = None,
     count_attempt: bool = False,
+    merge_results: dict[str, Any] | None = None,
     **fields: Any,
 ) -> list[tuple[int, str, int]]:
     """Move the given deliveries to ``to`` if they are in ``allowed_from``.
 
     Returns (id, channel, attempts) of each row that moved; rows in any other status are left
     alone. ``lease_seconds`` sets ``lease_until`` (None clears it), ``count_attempt`` bumps
-    ``attempts``; ``note`` is merged into the history entry.
+    ``attempts``; ``note`` is merged into the history entry; ``merge_results`` is merged
+    into ``results`` (per-destination outcomes).
     """
     if not delivery_ids:
         return []
@@ -61,6 +63,9 @@ def transition(
     if lease_seconds:
         params.append(lease_seconds)
     params += [to.value, json.dumps(note or {})]
+    if merge_results:
+        assignments.append("results = results || %s::jsonb")
+        params.append(json.dumps(merge_results))
     for column, value in fields.items():
         assignments.append(f"{column} = %s" + ("::jsonb" if column == "content" else ""))
         params.append(json.dumps(value) if column == "content" else value)
@@ -112,3 +117,15 @@ def requeue_expired(limit: int) -> list[tuple[int, str]]:
         note={"reason": "lease_expired"},
     )
     return [(delivery_id, channel) for delivery_id, channel, _ in moved]
+
+
+def note(delivery_id: int, entry: dict[str, Any]) -> bool:
+    """Append to a delivery's history without changing its status (opens, clicks...)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE notifications_delivery SET history = history"
+            " || jsonb_build_array(jsonb_build_object('at', now()) || %s::jsonb)"
+            " WHERE id = %s",
+            [json.dumps(entry), delivery_id],
+        )
+        return bool(cursor.rowcount)

@@ -13,7 +13,6 @@ from channels.base import (
     OutboundMessage,
     PermanentDeliveryError,
     ProviderConfigurationError,
-    ProviderResult,
     TransientDeliveryError,
 )
 from notifications import services
@@ -26,44 +25,50 @@ from notifications.models import (
 )
 from notifications.services import Outcome
 from notifications.tasks import deliver_push
-from preferences.models import Device
+from preferences.models import Device, Suppression
 from tests.factories import DeviceFactory, PreferenceFactory, RecipientFactory, create_api_key
 
 pytestmark = pytest.mark.django_db
 
 
-class DeadTokenProvider:
-    """A push provider that reports the first device token dead, as APNs/FCM would."""
+class RecordingSender:
+    """A push platform sender whose verdict per token is set by the test (an APNs stand-in)."""
 
-    name: ClassVar[str] = "dead-token"
-    channel: ClassVar[str] = "push"
+    platform: ClassVar[str] = "apns"
+    name: ClassVar[str] = "fake-apns"
+    verdicts: ClassVar[dict[str, str]] = {}
+    sent: ClassVar[list[str]] = []
 
-    def send(self, message: OutboundMessage) -> ProviderResult:
-        raise PermanentDeliveryError(
-            "Unregistered",
-            provider=self.name,
-            status_code=410,
-            provider_code="Unregistered",
-            dead_device_token=message.destination.device_tokens[0][1],
-        )
+    def send_to_device(self, token: str, message: OutboundMessage) -> str:
+        verdict = self.verdicts.get(token, "ok")
+        if verdict == "dead":
+            raise PermanentDeliveryError(
+                "Unregistered",
+                provider=self.name,
+                status_code=410,
+                provider_code="Unregistered",
+                dead_device_tokens=(token,),
+            )
+        if verdict == "flaky":
+            self.verdicts[token] = "ok"  # fails once, then recovers
+            raise TransientDeliveryError("503 Service Unavailable", provider=self.name)
+        if verdict == "misconfigured":
+            raise ProviderConfigurationError("InvalidProviderToken")
+        self.sent.append(token)
+        return f"apns-id-{token}"
 
     @classmethod
     def check_configuration(cls) -> list[str]:
         return []
 
 
-class FlakyProvider(DeadTokenProvider):
-    name: ClassVar[str] = "flaky"
-
-    def send(self, message: OutboundMessage) -> ProviderResult:
-        raise TransientDeliveryError("503 Service Unavailable", provider=self.name, status_code=503)
-
-
-class MisconfiguredProvider(DeadTokenProvider):
-    name: ClassVar[str] = "misconfigured"
-
-    def send(self, message: OutboundMessage) -> ProviderResult:
-        raise ProviderConfigurationError("InvalidProviderToken")
+@pytest.fixture
+def push_sender(settings):
+    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": "channels.push.PushProvider"}
+    settings.NOTIFY_PUSH_SENDERS = {"apns": f"{__name__}.RecordingSender", "fcm": ""}
+    RecordingSender.verdicts = {}
+    RecordingSender.sent = []
+    return RecordingSender
 
 
 def _queued(recipient, event, channel: str, **content) -> Delivery:
@@ -154,18 +159,16 @@ def test_erased_recipient_is_skipped(order_shipped):
     assert delivery.reason == "recipient_erased"
 
 
-def test_permanent_error_fails_dead_letters_and_deactivates_the_device(order_shipped, settings):
-    settings.NOTIFY_PROVIDERS = {
-        **settings.NOTIFY_PROVIDERS,
-        "push": f"{__name__}.DeadTokenProvider",
-    }
-    device = DeviceFactory(platform=Device.Platform.APNS)
+def test_permanent_error_fails_dead_letters_and_deactivates_the_device(order_shipped, push_sender):
+    device = DeviceFactory(platform=Device.Platform.APNS, token="t-dead")
+    push_sender.verdicts["t-dead"] = "dead"
     delivery = _queued(device.recipient, order_shipped, "push")
 
     assert services.delivery_send(delivery_id=delivery.pk, task_name="t") == Outcome.FAILED
 
     delivery.refresh_from_db()
-    assert (delivery.status, delivery.reason) == (DeliveryStatus.FAILED, "Unregistered")
+    assert delivery.status == DeliveryStatus.FAILED
+    assert delivery.results["t-dead"]["status"] == "dead"
     letter = FailedDelivery.objects.get(delivery=delivery)
     assert letter.attempts == 1 and letter.task_name == "t"
     assert "410" in letter.error_message
@@ -175,9 +178,50 @@ def test_permanent_error_fails_dead_letters_and_deactivates_the_device(order_shi
     assert "Unregistered" in device.deactivation_reason
 
 
-def test_transient_error_requeues_with_a_lease_and_reraises(order_shipped, settings):
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": f"{__name__}.FlakyProvider"}
-    device = DeviceFactory()
+def test_one_dead_device_does_not_fail_the_others(order_shipped, push_sender):
+    good = DeviceFactory(platform=Device.Platform.APNS, token="t-good")
+    dead = DeviceFactory(platform=Device.Platform.APNS, token="t-dead", recipient=good.recipient)
+    fcm = DeviceFactory(platform=Device.Platform.FCM, token="t-fcm", recipient=good.recipient)
+    push_sender.verdicts["t-dead"] = "dead"
+    delivery = _queued(good.recipient, order_shipped, "push")
+
+    assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SENT
+
+    delivery.refresh_from_db()
+    assert delivery.results == {
+        "t-good": {"status": "sent", "messageId": "apns-id-t-good"},
+        "t-dead": {"status": "dead", "error": "fake-apns 410 code Unregistered: Unregistered"},
+    }
+    assert delivery.provider == "fake-apns"
+    # FCM is not configured here, so its device is neither tried nor deactivated.
+    assert push_sender.sent == ["t-good"]
+    assert Device.objects.get(pk=dead.pk).active is False
+    assert Device.objects.get(pk=fcm.pk).active is True
+
+
+def test_a_retry_only_resends_to_devices_not_yet_reached(order_shipped, push_sender):
+    first = DeviceFactory(platform=Device.Platform.APNS, token="t-1")
+    DeviceFactory(platform=Device.Platform.APNS, token="t-2", recipient=first.recipient)
+    push_sender.verdicts["t-2"] = "flaky"
+    delivery = _queued(first.recipient, order_shipped, "push")
+
+    with pytest.raises(TransientDeliveryError):
+        services.delivery_send(delivery_id=delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.QUEUED
+    assert delivery.results == {"t-1": {"status": "sent", "messageId": "apns-id-t-1"}}
+
+    assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SENT
+
+    assert push_sender.sent == ["t-1", "t-2"]  # t-1 exactly once
+    delivery.refresh_from_db()
+    assert set(delivery.results) == {"t-1", "t-2"}
+    assert delivery.attempts == 2
+
+
+def test_transient_error_requeues_with_a_lease_and_reraises(order_shipped, push_sender, settings):
+    device = DeviceFactory(platform=Device.Platform.APNS, token="t-flaky")
+    push_sender.verdicts["t-flaky"] = "flaky"
     delivery = _queued(device.recipient, order_shipped, "push")
 
     with pytest.raises(TransientDeliveryError):
@@ -192,14 +236,12 @@ def test_transient_error_requeues_with_a_lease_and_reraises(order_shipped, setti
         seconds=settings.NOTIFY_RETRY_BACKOFF_MAX
     )
     assert not FailedDelivery.objects.exists()
+    assert Device.objects.get(pk=device.pk).active
 
 
-def test_configuration_error_in_a_task_goes_to_the_dead_letter_table(order_shipped, settings):
-    settings.NOTIFY_PROVIDERS = {
-        **settings.NOTIFY_PROVIDERS,
-        "push": f"{__name__}.MisconfiguredProvider",
-    }
-    device = DeviceFactory()
+def test_configuration_error_in_a_task_goes_to_the_dead_letter_table(order_shipped, push_sender):
+    device = DeviceFactory(platform=Device.Platform.APNS, token="t-conf")
+    push_sender.verdicts["t-conf"] = "misconfigured"
     delivery = _queued(device.recipient, order_shipped, "push")
 
     result = deliver_push.apply(args=[delivery.pk])
@@ -210,6 +252,27 @@ def test_configuration_error_in_a_task_goes_to_the_dead_letter_table(order_shipp
     letter = FailedDelivery.objects.get(delivery=delivery)
     assert letter.error_class == "channels.base.ProviderConfigurationError"
     assert "Traceback" in letter.traceback
+    assert Device.objects.get(pk=device.pk).active
+
+
+def test_hard_bounce_suppresses_the_address_for_everyone(order_shipped, smtp_relay, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp_relay.port
+    bounced = RecipientFactory(email="Bounce-Hard@Example.com")
+    delivery = _queued(bounced, order_shipped, "email")
+
+    assert services.delivery_send(delivery_id=delivery.pk) == Outcome.FAILED
+
+    suppression = Suppression.objects.get()
+    assert (suppression.channel, suppression.address) == ("email", "bounce-hard@example.com")
+    assert suppression.reason == "hard_bounce"
+    # Another recipient with the same address is skipped, without a new SMTP attempt.
+    again = _queued(RecipientFactory(email="bounce-hard@example.com"), order_shipped, "email")
+    attempts_before = dict(smtp_relay.behaviour.attempts)
+    assert services.delivery_send(delivery_id=again.pk) == Outcome.SKIPPED
+    again.refresh_from_db()
+    assert again.reason == "suppressed"
+    assert dict(smtp_relay.behaviour.attempts) == attempts_before
 
 
 def test_sweep_requeues_only_expired_pending_deliveries(

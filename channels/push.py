@@ -1,0 +1,119 @@
+"""The push channel: one send per active device, each through its platform's sender.
+
+APNs and FCM senders (``channels/apns.py``, ``channels/fcm.py``) each handle one device; this
+module fans a delivery out over the recipient's devices and folds the per-device outcomes
+into one result, so a retry only re-sends to the devices that have not been reached yet.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import ClassVar, Protocol
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from channels.base import (
+    DestinationOutcome,
+    OutboundMessage,
+    PermanentDeliveryError,
+    ProviderResult,
+    TransientDeliveryError,
+)
+
+
+class PushSender(Protocol):
+    platform: ClassVar[str]
+    name: ClassVar[str]
+
+    def send_to_device(self, token: str, message: OutboundMessage) -> str:
+        """Send to one device and return the provider's message id.
+
+        Raises TransientDeliveryError, PermanentDeliveryError (with the token in
+        ``dead_device_tokens`` when the token is dead) or ProviderConfigurationError.
+        """
+        ...
+
+    @classmethod
+    def check_configuration(cls) -> list[str]: ...
+
+
+def sender_path(platform: str) -> str:
+    return str(settings.NOTIFY_PUSH_SENDERS.get(platform, "") or "")
+
+
+@functools.cache
+def _sender_instance(path: str) -> PushSender:
+    return import_string(path)()  # type: ignore[no-any-return]
+
+
+def sender_for(platform: str) -> PushSender | None:
+    path = sender_path(platform)
+    return _sender_instance(path) if path else None
+
+
+def configured_platforms() -> set[str]:
+    return {platform for platform in settings.NOTIFY_PUSH_SENDERS if sender_path(platform)}
+
+
+class PushProvider:
+    name: ClassVar[str] = "push"
+    channel: ClassVar[str] = "push"
+
+    def send(self, message: OutboundMessage) -> ProviderResult:
+        outcomes: dict[str, DestinationOutcome] = {}
+        first_transient: TransientDeliveryError | None = None
+        used: list[str] = []
+        for platform, token in message.destination.device_tokens:
+            sender = sender_for(platform)
+            if sender is None:  # filtered out before sending; kept as a guard
+                continue
+            if sender.name not in used:
+                used.append(sender.name)
+            try:
+                message_id = sender.send_to_device(token, message)
+            except PermanentDeliveryError as exc:
+                outcomes[token] = DestinationOutcome("dead", error=str(exc))
+            except TransientDeliveryError as exc:
+                # Keep going: the other devices should not wait for this one's retry.
+                first_transient = first_transient or exc
+            else:
+                outcomes[token] = DestinationOutcome("sent", message_id=message_id)
+        provider = "+".join(used) or self.name
+        if first_transient is not None:
+            raise TransientDeliveryError(
+                str(first_transient),
+                retry_after=first_transient.retry_after,
+                partial=outcomes,
+                provider=first_transient.provider,
+                status_code=first_transient.status_code,
+                provider_code=first_transient.provider_code,
+            ) from first_transient
+        sent = [outcome for outcome in outcomes.values() if outcome.status == "sent"]
+        if not sent:
+            dead = tuple(token for token, o in outcomes.items() if o.status == "dead")
+            errors = "; ".join(o.error for o in outcomes.values())
+            raise PermanentDeliveryError(
+                f"no device could be reached: {errors}",
+                provider=provider,
+                dead_device_tokens=dead,
+                destinations=outcomes,
+            )
+        return ProviderResult(
+            provider=provider, message_id=sent[0].message_id, destinations=outcomes
+        )
+
+    @classmethod
+    def check_configuration(cls) -> list[str]:
+        problems: list[str] = []
+        if not configured_platforms():
+            problems.append("no push platform is configured (NOTIFY_PUSH_APNS, NOTIFY_PUSH_FCM).")
+        for platform in sorted(configured_platforms()):
+            setting = f"NOTIFY_PUSH_{platform.upper()}"
+            try:
+                sender_class = import_string(sender_path(platform))
+            except ImportError as exc:
+                problems.append(f"{setting}={sender_path(platform)!r} cannot be imported: {exc}")
+                continue
+            problems.extend(f"{setting}: {p}" for p in sender_class.check_configuration())
+        return problems
