@@ -8,3 +8,4 @@ class ChannelsConfig(AppConfig):
 
     def ready(self) -> None:
         from channels import checks  # noqa: F401  (registers the system checks)
+        from channels.webhooks import anymail  # noqa: F401  (connects the tracking receiver)

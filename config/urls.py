@@ -53,6 +53,12 @@ api = [
         recipient_views.PreferencesView.as_view(),
         name="recipient-preferences",
     ),
+    path("suppressions", recipient_views.SuppressionListView.as_view(), name="suppressions"),
+    path(
+        "suppressions/<int:suppression_id>",
+        recipient_views.SuppressionDetailView.as_view(),
+        name="suppression",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
@@ -60,6 +66,7 @@ api = [
 urlpatterns = [
     path("api/", include(api)),
     path("healthz", healthz, name="healthz"),
+    path("webhooks/", include("channels.urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from preferences.models import Category, Device, Event, Preference, Recipient
+from preferences.models import (
+    Category,
+    Device,
+    Event,
+    Preference,
+    Recipient,
+    Suppression,
+    normalize_address,
+)
 
 
 class DeviceInline(admin.TabularInline):
@@ -57,3 +65,19 @@ class EventAdmin(admin.ModelAdmin):
     list_filter = ("category",)
     search_fields = ("key", "description")
     list_select_related = ("category",)
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    """Addresses we no longer send to; delete a row to allow the address again."""
+
+    list_display = ("channel", "address", "reason", "provider", "created_at")
+    list_filter = ("channel", "reason", "created_at")
+    search_fields = ("address",)
+    readonly_fields = ("created_at",)
+    show_full_result_count = False
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        # Lookups compare normalised addresses, so store them that way.
+        obj.address = normalize_address(obj.channel, obj.address)
+        super().save_model(request, obj, form, change)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Lower
 
 from channels.base import Channel
@@ -103,3 +103,15 @@ def address_for(channel: str, recipient: Recipient) -> str | None:
     if channel == Channel.SMS:
         return str(recipient.phone) if recipient.phone else None
     return None
+
+
+def suppressions_list(
+    *, channel: str | None = None, address: str | None = None
+) -> QuerySet[Suppression]:
+    suppressions = Suppression.objects.all()
+    if channel:
+        suppressions = suppressions.filter(channel=channel)
+    if address:
+        kind = Channel.EMAIL if "@" in address else Channel.SMS
+        suppressions = suppressions.filter(address=normalize_address(kind, address))
+    return suppressions

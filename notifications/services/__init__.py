@@ -9,11 +9,14 @@ from notifications.services.deliveries import (
     failed_deliveries_replay,
     sweep_stuck_deliveries,
 )
+from notifications.services.receipts import Receipt, delivery_receipt_apply
 
 __all__ = [
     "AcceptResult",
     "Outcome",
+    "Receipt",
     "delivery_dead_letter",
+    "delivery_receipt_apply",
     "delivery_send",
     "failed_deliveries_matching",
     "failed_deliveries_replay",

@@ -10,7 +10,7 @@ from rest_framework import serializers
 from channels.base import Channel
 from notifications.api.fields import RejectUnknownFieldsMixin, StrictCharField
 from notifications.locales import canonical_locale, is_valid_locale
-from preferences.models import Category, Device, Preference, Recipient
+from preferences.models import Category, Device, Preference, Recipient, Suppression
 
 
 @functools.cache
@@ -110,3 +110,24 @@ def preference_representation(preference: Preference) -> dict[str, Any]:
         "channel": preference.channel,
         "enabled": preference.enabled,
     }
+
+
+class SuppressionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
+    channel = serializers.ChoiceField(choices=[("email", "email"), ("sms", "sms")])
+    address = StrictCharField(max_length=320)
+    reason = serializers.ChoiceField(choices=Suppression.Reason.choices, default="manual")
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+
+    class Meta:
+        model = Suppression
+        fields = ["id", "channel", "address", "reason", "provider", "detail", "createdAt"]
+        read_only_fields = ["id", "provider", "detail"]
+        validators: list[Any] = []  # duplicates answer 200 with the existing row (the service)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        if attrs["channel"] == "email":
+            serializers.EmailField().run_validation(attrs["address"])
+        else:
+            attrs["address"] = str(PhoneNumberField().run_validation(attrs["address"]))
+        return attrs

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from rest_framework import serializers, status
+from rest_framework.generics import ListAPIView
+from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,6 +17,7 @@ from preferences.api.serializers import (
     DeviceSerializer,
     PreferencesSerializer,
     RecipientSerializer,
+    SuppressionSerializer,
     preference_representation,
 )
 from preferences.models import Preference, Recipient
@@ -118,3 +123,55 @@ class PreferencesView(APIView):
         ]
         saved = services.preferences_replace(recipient=recipient, rules=rules)
         return Response({"preferences": [preference_representation(rule) for rule in saved]})
+
+
+class SuppressionFilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    channel = serializers.ChoiceField(choices=[("email", "email"), ("sms", "sms")], required=False)
+    address = serializers.CharField(required=False, max_length=320)
+
+
+class NewestSuppressionsFirst(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 50
+    page_size_query_param = "pageSize"
+    max_page_size = 500
+
+
+@extend_schema(parameters=[SuppressionFilterSerializer])
+class SuppressionListView(ListAPIView):  # type: ignore[type-arg]
+    """Destinations we no longer send to (hard bounces, complaints, SMS STOP, manual)."""
+
+    serializer_class = SuppressionSerializer
+    pagination_class = NewestSuppressionsFirst
+
+    def get_queryset(self) -> Any:
+        filters = SuppressionFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        return selectors.suppressions_list(**filters.validated_data)
+
+    @extend_schema(
+        request=SuppressionSerializer,
+        responses={200: SuppressionSerializer, 201: SuppressionSerializer, 400: ERROR_RESPONSE},
+        summary="Suppress a destination by hand",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = SuppressionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        suppression, created = services.suppression_add(
+            channel=serializer.validated_data["channel"],
+            address=serializer.validated_data["address"],
+            reason=serializer.validated_data["reason"],
+            provider="api",
+        )
+        return Response(
+            SuppressionSerializer(suppression).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class SuppressionDetailView(APIView):
+    @extend_schema(responses={204: None, 404: ERROR_RESPONSE}, summary="Allow a destination again")
+    def delete(self, request: Request, suppression_id: int) -> Response:
+        if not services.suppression_remove(suppression_id=suppression_id):
+            raise NotFound("No such suppression.")
+        return Response(status=status.HTTP_204_NO_CONTENT)

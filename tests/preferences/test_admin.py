@@ -117,3 +117,14 @@ def test_event_changelist(admin_client):
     assert _result_pks(admin_client.get(url, {"category__id__exact": shipped.category_id})) == {
         shipped.pk
     }
+
+
+def test_suppression_admin_lists_and_normalises(admin_client):
+    response = admin_client.post(
+        "/admin/preferences/suppression/add/",
+        {"channel": "email", "address": " Who@Example.COM ", "reason": "manual"},
+    )
+    assert response.status_code == 302
+    listed = admin_client.get("/admin/preferences/suppression/", {"q": "who@example.com"})
+    assert listed.status_code == 200
+    assert b"who@example.com" in listed.content

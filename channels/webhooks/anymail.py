@@ -1,0 +1,1 @@
+"""Handlers for django-anymail's tracking signal. (Placeholder until the ESP provider lands.)"""

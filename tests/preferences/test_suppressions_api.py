@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+
+from notifications.models import Delivery
+from preferences.models import Suppression
+from tests.factories import RecipientFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_suppress_by_hand_list_and_remove(api_client):
+    created = api_client.post(
+        "/api/suppressions", {"channel": "email", "address": "Someone@Example.com"}, format="json"
+    )
+    assert created.status_code == 201
+    assert created.json()["address"] == "someone@example.com"
+    assert created.json()["reason"] == "manual"
+    again = api_client.post(
+        "/api/suppressions", {"channel": "email", "address": "someone@example.com"}, format="json"
+    )
+    assert again.status_code == 200 and again.json()["id"] == created.json()["id"]
+
+    listed = api_client.get("/api/suppressions?address=SOMEONE@example.com").json()
+    assert [row["id"] for row in listed["results"]] == [created.json()["id"]]
+    assert api_client.get("/api/suppressions?channel=sms").json()["results"] == []
+
+    assert api_client.delete(f"/api/suppressions/{created.json()['id']}").status_code == 204
+    assert api_client.delete(f"/api/suppressions/{created.json()['id']}").status_code == 404
+    assert not Suppression.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"channel": "email", "address": "not-an-email"}, "non_field_errors"),
+        ({"channel": "sms", "address": "12345"}, "non_field_errors"),
+        ({"channel": "push", "address": "x"}, "channel"),
+        ({"channel": "email", "address": "a@b.co", "reason": "because"}, "reason"),
+        ({"channel": "email", "address": "a@b.co", "extra": 1}, "extra"),
+    ],
+)
+def test_bad_suppressions_are_400(api_client, body, field):
+    response = api_client.post("/api/suppressions", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "validation_error"
+    assert not Suppression.objects.exists()
+
+
+def test_suppressed_destinations_are_skipped_at_accept(api_client, order_shipped):
+    recipient = RecipientFactory(email="gone@example.com", phone="+14155550123")
+    api_client.post(
+        "/api/suppressions", {"channel": "email", "address": "GONE@example.com"}, format="json"
+    )
+    api_client.post(
+        "/api/suppressions", {"channel": "sms", "address": "+14155550123"}, format="json"
+    )
+
+    response = api_client.post(
+        "/api/notify",
+        {"userId": recipient.external_id, "event": "order_shipped", "channels": ["email", "sms"]},
+        format="json",
+    )
+
+    assert response.status_code == 202
+    reasons = {d["channel"]: d.get("reason") for d in response.json()["deliveries"]}
+    # SMS has no provider by default, which is reported before the suppression.
+    assert reasons == {"email": "suppressed", "sms": "channel_not_configured"}
+    assert Delivery.objects.get(channel="email").reason == "suppressed"
