@@ -7,6 +7,8 @@ os.environ.setdefault("NOTIFY_RETRY_BACKOFF", "1")
 os.environ.setdefault("NOTIFY_RETRY_BACKOFF_MAX", "2")
 os.environ.setdefault("NOTIFY_MAX_RETRIES", "3")
 os.environ.setdefault("NOTIFY_PROVIDER_TIMEOUT_SECONDS", "5")
+# Tests recreate events and templates between cases; the cache has its own test.
+os.environ.setdefault("NOTIFY_CATALOG_CACHE_SECONDS", "0")
 
 from config.settings import *  # noqa: F403
 from config.settings import ALLOWED_HOSTS

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from dataclasses import dataclass
 
+from django.conf import settings
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 
-from notifications.models import Delivery, Notification
+from notifications.models import Delivery, Notification, Template
+from preferences.models import Event
 
 
 def notification_get(*, notification_id: uuid.UUID) -> Notification | None:
@@ -46,3 +50,36 @@ def notifications_list(
 
 def _deliveries_in_order() -> Prefetch:  # type: ignore[type-arg]
     return Prefetch("deliveries", queryset=Delivery.objects.order_by("id"))
+
+
+@dataclass(frozen=True)
+class EventCatalog:
+    event: Event  # with its category loaded
+    templates: tuple[Template, ...]  # every channel and locale of the event
+
+
+# key -> (expires at, entry). Per process: events and templates change rarely and every accept
+# reads them, so they are kept for NOTIFY_CATALOG_CACHE_SECONDS (admin edits show up after it).
+_catalog_cache: dict[str, tuple[float, EventCatalog | None]] = {}
+_CATALOG_CACHE_MAX = 10_000
+
+
+def event_catalog(*, key: str) -> EventCatalog | None:
+    """The event and all its templates, or None for an unknown event key."""
+    ttl = float(settings.NOTIFY_CATALOG_CACHE_SECONDS)
+    now = time.monotonic()
+    if ttl > 0:
+        cached = _catalog_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+    event = Event.objects.select_related("category").filter(key=key).first()
+    entry = (
+        None
+        if event is None
+        else EventCatalog(event=event, templates=tuple(Template.objects.filter(event=event)))
+    )
+    if ttl > 0:
+        if len(_catalog_cache) >= _CATALOG_CACHE_MAX:
+            _catalog_cache.clear()
+        _catalog_cache[key] = (now + ttl, entry)
+    return entry

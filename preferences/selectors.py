@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+from django.contrib.postgres.expressions import ArraySubquery
 from django.db.models import Exists, OuterRef, Q, QuerySet
-from django.db.models.functions import Lower
+from django.db.models.functions import JSONObject, Lower
 
 from channels.base import Channel
 from preferences.models import (
@@ -18,10 +20,20 @@ from preferences.models import (
 )
 
 
-def recipient_get(*, external_id: str) -> Recipient | None:
-    """The recipient, annotated with ``email_suppressed`` / ``phone_suppressed`` (same query)."""
+def recipient_get(*, external_id: str, with_rules: bool = False) -> Recipient | None:
+    """The recipient, annotated with ``email_suppressed`` / ``phone_suppressed`` and, with
+    ``with_rules``, its preference rules as ``preference_rules`` (all in the same query)."""
+    recipients = Recipient.objects.all()
+    if with_rules:
+        recipients = recipients.annotate(
+            preference_rules=ArraySubquery(
+                Preference.objects.filter(recipient=OuterRef("pk")).values(
+                    rule=JSONObject(category_id="category_id", channel="channel", enabled="enabled")
+                )
+            )
+        )
     return (
-        Recipient.objects.annotate(
+        recipients.annotate(
             email_suppressed=Exists(
                 Suppression.objects.filter(channel=Channel.EMAIL, address=Lower(OuterRef("email")))
             ),
@@ -41,22 +53,31 @@ def is_suppressed(*, channel: str, address: str) -> bool:
 
 
 def channel_permissions(
-    *, recipient_id: int, category: Category, channels: Sequence[str]
+    *,
+    recipient_id: int,
+    category: Category,
+    channels: Sequence[str],
+    rules: Iterable[dict[str, Any]] | None = None,
 ) -> dict[str, bool]:
-    """Whether each channel may be used for this category, in one query.
+    """Whether each channel may be used for this category (one query, none if ``rules``
+    were already loaded with the recipient).
 
     Most specific rule wins: (category, channel) > (category, all) > (all, channel) > (all, all);
     no rule means allowed. Critical categories ignore opt-outs altogether.
     """
     if category.critical:
         return dict.fromkeys(channels, True)
-    rules: dict[tuple[int | None, str | None], bool] = {
-        (category_id, channel): enabled
-        for category_id, channel, enabled in Preference.objects.filter(
+    found: Iterable[Any] = (
+        rules
+        if rules is not None
+        else Preference.objects.filter(
             Q(category_id=category.pk) | Q(category__isnull=True), recipient_id=recipient_id
-        ).values_list("category_id", "channel", "enabled")
+        ).values("category_id", "channel", "enabled")
+    )
+    by_scope: dict[tuple[int | None, str | None], bool] = {
+        (rule["category_id"], rule["channel"]): rule["enabled"] for rule in found
     }
-    return {channel: _resolve(rules, category.pk, channel) for channel in channels}
+    return {channel: _resolve(by_scope, category.pk, channel) for channel in channels}
 
 
 def _resolve(

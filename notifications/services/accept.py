@@ -22,8 +22,9 @@ from notifications.exceptions import (
     TemplateError,
     UnknownEvent,
 )
-from notifications.models import Delivery, DeliveryStatus, Notification, Template
+from notifications.models import Delivery, DeliveryStatus, Notification
 from notifications.rendering import TemplateRenderError, pick_templates, render_template
+from notifications.selectors import EventCatalog, event_catalog
 from notifications.services.enqueue import enqueue_on_commit
 from preferences import selectors as recipients
 from preferences.models import Event, Recipient
@@ -67,10 +68,11 @@ def notification_accept(
     fingerprint = request_fingerprint(
         user_id=user_id, event=event_key, channels=channels, data=data
     )
-    event = Event.objects.select_related("category").filter(key=event_key).first()
-    if event is None:
+    catalog = event_catalog(key=event_key)
+    if catalog is None:
         raise UnknownEvent(f"Unknown event {event_key!r}.", fields={"event": ["Unknown event."]})
-    recipient = recipients.recipient_get(external_id=user_id)
+    event = catalog.event
+    recipient = recipients.recipient_get(external_id=user_id, with_rules=True)
     if recipient is None:
         # A replay of an accepted request still answers as it did, even if the user was
         # erased since.
@@ -88,7 +90,7 @@ def notification_accept(
     notification_id = uuid.uuid4()
     plan = _plan_deliveries(
         recipient=recipient,
-        event=event,
+        catalog=catalog,
         channels=wanted,
         data=data,
         notification_id=notification_id,
@@ -127,13 +129,17 @@ def notification_accept(
 def _plan_deliveries(
     *,
     recipient: Recipient,
-    event: Event,
+    catalog: EventCatalog,
     channels: list[str],
     data: dict[str, Any],
     notification_id: uuid.UUID,
 ) -> list[_Planned]:
+    event = catalog.event
     allowed = recipients.channel_permissions(
-        recipient_id=recipient.pk, category=event.category, channels=channels
+        recipient_id=recipient.pk,
+        category=event.category,
+        channels=channels,
+        rules=getattr(recipient, "preference_rules", None),
     )
     device_tokens = (
         recipients.active_device_tokens(
@@ -146,9 +152,7 @@ def _plan_deliveries(
         "email": bool(getattr(recipient, "email_suppressed", False)),
         "sms": bool(getattr(recipient, "phone_suppressed", False)),
     }
-    templates = pick_templates(
-        Template.objects.filter(event=event, channel__in=channels), locale=recipient.locale
-    )
+    templates = pick_templates(catalog.templates, locale=recipient.locale)
     context = {
         **data,
         "data": data,
