@@ -1,0 +1,101 @@
+"""The README's first command works: `devtools/run.py` (what `make run` runs) brings the whole
+service up, gets the demo notification sent, and leaves nothing running when it stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+# Not the pytest test database: run.py migrates and serves a database of its own.
+SMOKE_DB = "notifications_smoke"
+DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{SMOKE_DB}"
+BROKER_URL = "redis://127.0.0.1:6379/14"
+TIMEOUT = 180
+
+
+def _create_database() -> None:
+    # psycopg2 directly: pytest-django only lets Django's connection reach the test database.
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [SMOKE_DB])
+            if cursor.fetchone() is None:
+                cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SMOKE_DB)))
+    finally:
+        conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # the process ended while we looked
+        if text in command:
+            found.append(f"{cmdline.parent.name}: {command}")
+    return found
+
+
+def _shown_notification(output: str) -> dict[str, Any]:
+    """The pretty JSON run.py prints after ``GET /api/notifications/<id>``."""
+    _, _, rest = output.partition("\nGET /api/notifications/")
+    start = rest.index("\n{")
+    end = rest.index("\n}\n", start)
+    return dict(json.loads(rest[start : end + 2]))
+
+
+@pytest.mark.integration
+def test_make_run_smoke_sends_the_demo_and_stops_everything() -> None:
+    _create_database()
+    api_port, smtp_port = _free_port(), _free_port()
+    env = {**os.environ, "DATABASE_URL": DATABASE_URL, "CELERY_BROKER_URL": BROKER_URL}
+    # pytest-django points this at the test settings; `make run` uses config.settings.
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    argv = [sys.executable, "devtools/run.py", "--smoke"]
+    argv += ["--api-port", str(api_port), "--smtp-port", str(smtp_port)]
+    run = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        output, _ = run.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not SIGKILL: run.py must get the chance to stop its own children.
+        run.send_signal(signal.SIGTERM)
+        output, _ = run.communicate(timeout=60)
+        pytest.fail(f"run.py --smoke took over {TIMEOUT}s:\n{output[-6000:]}")
+
+    assert run.returncode == 0, output[-6000:]
+    assert "HTTP 202" in output
+    statuses = {d["channel"]: d["status"] for d in _shown_notification(output)["deliveries"]}
+    assert statuses == {"email": "sent", "inapp": "sent", "push": "skipped"}
+    assert "The fake SMTP relay received 'Your order 9912 has shipped'" in output
+    assert "smoke run passed" in output
+    assert not _listening(api_port), "something still listens on the API port"
+    assert not _listening(smtp_port), "something still listens on the SMTP port"
+    assert _processes_mentioning(f"127.0.0.1:{api_port}") == []
+    assert _processes_mentioning(f"--port {smtp_port}") == []
