@@ -42,7 +42,7 @@ class OutboundMessage:
 class DestinationOutcome:
     """What happened at one destination of a delivery (one device token, say)."""
 
-    status: str  # "sent" or "dead"
+    status: str  # "sent", "dead" (device to retire) or "failed" (message refused)
     message_id: str = ""
     error: str = ""
 

@@ -63,6 +63,7 @@ class PushProvider:
     def send(self, message: OutboundMessage) -> ProviderResult:
         outcomes: dict[str, DestinationOutcome] = {}
         first_transient: TransientDeliveryError | None = None
+        first_permanent: PermanentDeliveryError | None = None
         used: list[str] = []
         for platform, token in message.destination.device_tokens:
             sender = sender_for(platform)
@@ -73,7 +74,11 @@ class PushProvider:
             try:
                 message_id = sender.send_to_device(token, message)
             except PermanentDeliveryError as exc:
-                outcomes[token] = DestinationOutcome("dead", error=str(exc))
+                # Only a dead token retires the device; a refused message (too large, say)
+                # fails here but leaves the device in use.
+                status = "dead" if token in exc.dead_device_tokens else "failed"
+                outcomes[token] = DestinationOutcome(status, error=str(exc))
+                first_permanent = first_permanent or exc
             except TransientDeliveryError as exc:
                 # Keep going: the other devices should not wait for this one's retry.
                 first_transient = first_transient or exc
@@ -96,6 +101,9 @@ class PushProvider:
             raise PermanentDeliveryError(
                 f"no device could be reached: {errors}",
                 provider=provider,
+                # The first device's code ("Unregistered") becomes the delivery's reason.
+                status_code=first_permanent.status_code if first_permanent else None,
+                provider_code=first_permanent.provider_code if first_permanent else None,
                 dead_device_tokens=dead,
                 destinations=outcomes,
             )

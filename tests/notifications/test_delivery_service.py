@@ -167,7 +167,7 @@ def test_permanent_error_fails_dead_letters_and_deactivates_the_device(order_shi
     assert services.delivery_send(delivery_id=delivery.pk, task_name="t") == Outcome.FAILED
 
     delivery.refresh_from_db()
-    assert delivery.status == DeliveryStatus.FAILED
+    assert (delivery.status, delivery.reason) == (DeliveryStatus.FAILED, "Unregistered")
     assert delivery.results["t-dead"]["status"] == "dead"
     letter = FailedDelivery.objects.get(delivery=delivery)
     assert letter.attempts == 1 and letter.task_name == "t"

@@ -1,0 +1,300 @@
+"""APNs: one HTTP/2 request per device, token (JWT) authentication, Apple's reasons mapped.
+
+Apple's provider API: ``POST {APNS_ENDPOINT}/3/device/<token>`` with an ES256 provider token
+(``kid`` = APNS_KEY_ID, ``iss`` = APNS_TEAM_ID, ``iat``). The answer is 200 with an
+``apns-id`` header, or a status and a JSON ``{"reason": ...}`` from "Handling notification
+responses from APNs", which decides whether the device is dead, the send may be retried, or
+our own settings are wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import threading
+import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+import jwt
+from django.conf import settings
+
+from channels.base import (
+    OutboundMessage,
+    PermanentDeliveryError,
+    ProviderConfigurationError,
+    TransientDeliveryError,
+)
+
+PROVIDER = "APNs"
+# Apple refuses provider tokens older than an hour and answers TooManyProviderTokenUpdates to
+# more than one new token per 20 minutes, so one token serves 50 minutes.
+TOKEN_REFRESH_SECONDS = 50 * 60
+# Apple keeps an undeliverable notification until apns-expiration; a day-old notice is noise.
+EXPIRATION_SECONDS = 24 * 60 * 60
+PAYLOAD_KEY = "notify"  # our custom key next to "aps": notification id, event and data
+
+DEAD_TOKEN = {"Unregistered", "ExpiredToken", "BadDeviceToken", "DeviceTokenNotForTopic"}
+TRANSIENT = {
+    "TooManyRequests",
+    "TooManyProviderTokenUpdates",
+    "IdleTimeout",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "Shutdown",
+}
+# Wrong settings on our side: retrying cannot help, someone has to fix them.
+CONFIGURATION = {
+    "InvalidProviderToken": "APNS_KEY_ID, APNS_TEAM_ID and APNS_PRIVATE_KEY",
+    "MissingProviderToken": "APNS_PRIVATE_KEY",
+    "UnrelatedKeyIdInToken": "APNS_KEY_ID",
+    "BadCertificate": "APNS_PRIVATE_KEY",
+    "BadCertificateEnvironment": "APNS_ENDPOINT (sandbox or production)",
+    "Forbidden": "APNS_KEY_ID and APNS_TOPIC",
+    "BadTopic": "APNS_TOPIC",
+    "MissingTopic": "APNS_TOPIC",
+    "TopicDisallowed": "APNS_TOPIC",
+    "BadPath": "APNS_ENDPOINT",
+    "MethodNotAllowed": "APNS_ENDPOINT",
+}
+EXPLAIN = {
+    "Unregistered": "the device token is no longer active for the topic",
+    "ExpiredToken": "the device token has expired",
+    "BadDeviceToken": "the device token is invalid (or belongs to the other environment)",
+    "DeviceTokenNotForTopic": "the device token does not match the topic",
+    "TooManyRequests": "too many requests to the same device token",
+    "ServiceUnavailable": "the service is unavailable",
+    "InternalServerError": "an internal server error occurred",
+    "PayloadTooLarge": "the payload exceeds Apple's 4 KB limit",
+    "ExpiredProviderToken": "the provider token is stale",
+    "InvalidProviderToken": "the provider token is invalid or its signature cannot be verified",
+}
+
+
+class APNsSender:
+    platform: ClassVar[str] = "apns"
+    name: ClassVar[str] = "apns"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+        self._client_key: tuple[int, str] = (0, "")
+        self._token = ""
+        self._token_key: tuple[str, str, str] = ("", "", "")
+        self._token_born = 0.0
+
+    def send_to_device(self, token: str, message: OutboundMessage) -> str:
+        response = self._post(token, message, self._provider_token())
+        if _reason(response) == "ExpiredProviderToken":
+            # Stale token (a clock jump, a revoked key): one fresh token, one retry, right now.
+            response = self._post(token, message, self._provider_token(refresh=True))
+            if _reason(response) == "ExpiredProviderToken":
+                raise ProviderConfigurationError(
+                    f"{PROVIDER} 403 ExpiredProviderToken: refused a token issued just now; "
+                    "is this machine's clock right?"
+                )
+        return _outcome(token, response)
+
+    def _post(self, token: str, message: OutboundMessage, provider_token: str) -> httpx.Response:
+        timeout = float(settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS)
+        try:
+            return self._http().post(
+                f"{settings.APNS_ENDPOINT.rstrip('/')}/3/device/{quote(token, safe='')}",
+                headers={"authorization": f"bearer {provider_token}", **_headers(message)},
+                content=_payload(message),
+                timeout=timeout,
+            )
+        except httpx.TimeoutException as exc:
+            raise TransientDeliveryError(
+                f"no answer within {timeout:g}s ({type(exc).__name__})", provider=PROVIDER
+            ) from exc
+        except httpx.TransportError as exc:
+            if _certificate_rejected(exc):
+                raise ProviderConfigurationError(
+                    f"{PROVIDER}: the server certificate of {settings.APNS_ENDPOINT} is not "
+                    f"trusted ({exc}); check APNS_ENDPOINT and APNS_CA_FILE"
+                ) from exc
+            raise TransientDeliveryError(f"{type(exc).__name__}: {exc}", provider=PROVIDER) from exc
+
+    def _http(self) -> httpx.Client:
+        # One client per worker process: every send shares one HTTP/2 connection, and Apple
+        # reads rapid connect/disconnect as a denial-of-service attack. The pid in the key
+        # keeps a forked worker off its parent's connection.
+        key = (os.getpid(), str(settings.APNS_CA_FILE))
+        with self._lock:
+            if self._client is None or self._client_key != key:
+                if self._client is not None and self._client_key[0] == key[0]:
+                    self._client.close()
+                self._client = httpx.Client(http2=True, verify=_trust(key[1]))
+                self._client_key = key
+            return self._client
+
+    def _provider_token(self, *, refresh: bool = False) -> str:
+        key = (settings.APNS_KEY_ID, settings.APNS_TEAM_ID, settings.APNS_PRIVATE_KEY)
+        with self._lock:
+            stale = _clock() - self._token_born >= TOKEN_REFRESH_SECONDS
+            if refresh or stale or key != self._token_key or not self._token:
+                try:
+                    self._token = jwt.encode(
+                        {"iss": key[1], "iat": int(time.time())},
+                        key[2],
+                        algorithm="ES256",
+                        headers={"kid": key[0]},
+                    )
+                except (ValueError, TypeError, jwt.PyJWTError) as exc:
+                    raise ProviderConfigurationError(
+                        f"{PROVIDER}: APNS_PRIVATE_KEY cannot sign an ES256 token: {exc}"
+                    ) from exc
+                self._token_key, self._token_born = key, _clock()
+            return self._token
+
+    @classmethod
+    def check_configuration(cls) -> list[str]:
+        problems = [
+            f"{setting} is not set."
+            for setting in ("APNS_KEY_ID", "APNS_TEAM_ID", "APNS_TOPIC")
+            if not getattr(settings, setting)
+        ]
+        if not settings.APNS_PRIVATE_KEY:
+            problems.append("APNS_PRIVATE_KEY (or APNS_PRIVATE_KEY_FILE) is not set.")
+        else:
+            problems.extend(_key_problems(settings.APNS_PRIVATE_KEY))
+        if not str(settings.APNS_ENDPOINT).startswith("https://"):
+            problems.append(
+                f"APNS_ENDPOINT={settings.APNS_ENDPOINT!r} is not an https:// URL "
+                "(APNs only speaks HTTP/2 over TLS)."
+            )
+        if settings.APNS_CA_FILE and not os.path.isfile(settings.APNS_CA_FILE):
+            problems.append(f"APNS_CA_FILE={settings.APNS_CA_FILE!r} is not a readable file.")
+        return problems
+
+
+def _clock() -> float:
+    return time.monotonic()
+
+
+def _headers(message: OutboundMessage) -> dict[str, str]:
+    data = message.data
+    headers = {
+        "apns-topic": str(settings.APNS_TOPIC),
+        "apns-push-type": "alert",
+        # 10 wakes the device now; 5 lets iOS batch it to save the battery.
+        "apns-priority": "5" if data.get("priority") == "low" else "10",
+        "apns-expiration": str(int(time.time()) + EXPIRATION_SECONDS),
+    }
+    if data.get("collapseId"):
+        headers["apns-collapse-id"] = str(data["collapseId"])
+    return headers
+
+
+def _payload(message: OutboundMessage) -> bytes:
+    body = {
+        "aps": {
+            "alert": {
+                "title": message.content.get("subject", ""),
+                "body": message.content.get("body", ""),
+            },
+            "sound": "default",
+        },
+        PAYLOAD_KEY: {
+            "notificationId": message.notification_id,
+            "event": message.event,
+            "data": message.data,
+        },
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _reason(response: httpx.Response) -> str:
+    if response.status_code == 200:
+        return ""
+    try:
+        return str(response.json().get("reason", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _outcome(token: str, response: httpx.Response) -> str:
+    status = response.status_code
+    if status == 200:
+        return response.headers.get("apns-id", "")
+    reason = _reason(response)
+    detail = EXPLAIN.get(reason, response.text[:200] or response.reason_phrase)
+    where: dict[str, Any] = {
+        "provider": PROVIDER,
+        "status_code": status,
+        "provider_code": reason or None,
+    }
+    if reason in CONFIGURATION or (status == 403 and not reason):
+        fix = CONFIGURATION.get(reason, "the APNS_* settings")
+        raise ProviderConfigurationError(f"{PROVIDER} {status} {reason}: {detail}; check {fix}")
+    if reason in DEAD_TOKEN or status == 410:
+        if "timestamp" in (body := _json(response)):
+            since = datetime.fromtimestamp(int(body["timestamp"]) / 1000, UTC)
+            detail = f"{detail} (since {since:%Y-%m-%d %H:%M:%S}Z)"
+        raise PermanentDeliveryError(detail, dead_device_tokens=(token,), response=body, **where)
+    if reason in TRANSIENT or status == 429 or status >= 500:
+        raise TransientDeliveryError(
+            detail, retry_after=_retry_after(response.headers.get("retry-after")), **where
+        )
+    # The request itself is wrong (PayloadTooLarge, BadPriority, BadCollapseId...): the
+    # device is fine, this notification can never go.
+    raise PermanentDeliveryError(detail, response=_json(response), **where)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _trust(ca_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context()  # the system's CAs
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def _certificate_rejected(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _key_problems(pem: str) -> list[str]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        return [f"APNS_PRIVATE_KEY is not a PEM private key (the .p8 file's text): {exc}"]
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        return ["APNS_PRIVATE_KEY is not an EC P-256 key; APNs signs tokens with ES256."]
+    return []
