@@ -1,12 +1,17 @@
-"""Email through Django's email API: any django-anymail ESP, or SMTP, chosen by settings."""
+"""Email through Django's email API: any django-anymail ESP, or SMTP, chosen by settings.
+
+The provider name recorded on a delivery is the ESP's (``postmark``, ``amazon_ses``...) or the
+Django backend's (``smtp``); anymail's tracking webhooks match receipts on the same name.
+"""
 
 from __future__ import annotations
 
 import smtplib
 from email.utils import make_msgid
-from typing import ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMultiAlternatives, get_connection
 
 from channels.base import (
@@ -16,6 +21,11 @@ from channels.base import (
     ProviderResult,
     TransientDeliveryError,
 )
+
+# Postmark refused this one message (malformed request, forbidden attachment, too large), not
+# the account or the address: dead-letter it, change nothing else. Other 4xx mean the server
+# token, sender signature or account needs an operator.
+_MESSAGE_REFUSED_CODES = {"300", "411"}
 
 
 class EmailProvider:
@@ -27,6 +37,12 @@ class EmailProvider:
 
         address = message.destination.email or ""
         content = message.content
+        # anymail's REQUESTS_TIMEOUT defaults to 30 s; the kwarg bounds every API call (and
+        # SMTP's socket) by our own budget instead.
+        connection = get_connection(
+            fail_silently=False, timeout=settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS
+        )
+        provider = backend_provider_name(connection)
         msgid = make_msgid(domain=_message_id_domain())
         email = EmailMultiAlternatives(
             subject=content.get("subject", ""),
@@ -34,48 +50,129 @@ class EmailProvider:
             from_email=settings.DEFAULT_FROM_EMAIL,
             to=[address],
             headers={"Message-ID": msgid},
-            connection=get_connection(fail_silently=False),
+            connection=connection,
         )
         if content.get("html"):
             email.attach_alternative(content["html"], "text/html")
-        provider = _backend_name()
         try:
             email.send()
         except AnymailRecipientsRefused as exc:
+            # "invalid": Postmark ErrorCode 300 (bad address); "rejected": 406, the ESP has
+            # marked the address inactive after a hard bounce, complaint or manual suppression.
+            statuses = email.anymail_status.status or set()  # type: ignore[attr-defined]
+            status, code, text, body = _esp_reply(exc)
             raise PermanentDeliveryError(
-                str(exc), provider=provider, dead_address=address, suppress_reason="hard_bounce"
+                text,
+                provider=provider,
+                status_code=status,
+                provider_code=code,
+                response=body,
+                dead_address=address,
+                suppress_reason="invalid" if statuses == {"invalid"} else "hard_bounce",
             ) from exc
         except AnymailAPIError as exc:
-            status = exc.status_code
-            if status is None or status == 429 or status >= 500:
-                raise TransientDeliveryError(
-                    str(exc), provider=provider, status_code=status
-                ) from exc
-            raise ProviderConfigurationError(f"{provider} {status}: {exc}") from exc
+            _raise_for_esp_error(exc, provider)
         except smtplib.SMTPRecipientsRefused as exc:
-            code, text = next(iter(exc.recipients.values()))
-            _raise_for_smtp_code(code, text, provider, address, exc)
+            smtp_code, smtp_text = next(iter(exc.recipients.values()))
+            _raise_for_smtp_code(smtp_code, smtp_text, provider, address, exc)
         except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
             _raise_for_smtp_code(exc.smtp_code, exc.smtp_error, provider, None, exc)
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             # Disconnects, refused connections and timeouts: the server may be back soon.
             raise TransientDeliveryError(f"{type(exc).__name__}: {exc}", provider=provider) from exc
-        status = getattr(email, "anymail_status", None)
-        esp_id = getattr(status, "message_id", None) if status is not None else None
+        anymail_status = getattr(email, "anymail_status", None)
+        esp_id = getattr(anymail_status, "message_id", None)
         return ProviderResult(
             provider=provider, message_id=str(esp_id) if esp_id else msgid.strip("<>")
         )
 
     @classmethod
     def check_configuration(cls) -> list[str]:
-        if not settings.DEFAULT_FROM_EMAIL:
-            return ["DEFAULT_FROM_EMAIL is empty."]
-        return []
+        problems = [] if settings.DEFAULT_FROM_EMAIL else ["DEFAULT_FROM_EMAIL is empty."]
+        try:
+            # Builds the backend without sending: anymail reads (and demands) its settings here.
+            backend = get_connection(fail_silently=False)
+        except (ImproperlyConfigured, ImportError) as exc:
+            return [*problems, f"EMAIL_BACKEND={settings.EMAIL_BACKEND!r} cannot be used: {exc}"]
+        esp_name = getattr(backend, "esp_name", None)
+        if not esp_name:
+            return problems
+        from anymail.utils import get_anymail_setting
+
+        setting_prefix = "ANYMAIL_" + esp_name.upper().replace(" ", "_")
+        for credential in ("server_token", "api_key"):
+            if hasattr(backend, credential) and not getattr(backend, credential):
+                problems.append(f"{setting_prefix}_{credential.upper()} is empty.")
+        if not get_anymail_setting("webhook_secret", default=None):
+            # Without it anymail accepts any POST: anyone could suppress any address.
+            problems.append(
+                "ANYMAIL_WEBHOOK_SECRET is not set: the tracking webhook at /webhooks/anymail/"
+                f"{esp_provider_name(esp_name)}/tracking/ would accept unauthenticated posts."
+            )
+        return problems
+
+
+def esp_provider_name(esp_name: str) -> str:
+    """anymail's "Postmark" / "Amazon SES" as recorded on deliveries: "postmark", "amazon_ses"."""
+    return esp_name.lower().replace(" ", "_")
+
+
+def backend_provider_name(backend: object) -> str:
+    esp_name = getattr(backend, "esp_name", None)
+    if esp_name:
+        return esp_provider_name(str(esp_name))
+    return type(backend).__module__.rsplit(".", 1)[-1]  # "smtp", "console", "locmem"
+
+
+def _esp_reply(exc: Exception) -> tuple[int | None, str | None, str, Any]:
+    """(HTTP status, ESP error code, ESP message, parsed body) of a failed anymail call."""
+    response = getattr(exc, "response", None)
+    # AnymailRecipientsRefused keeps the reply but not its status.
+    status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
+    if isinstance(response, dict):  # boto3 (Amazon SES): the ClientError's parsed reply
+        error = response.get("Error", {})
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", status)
+        return status, error.get("Code"), str(error.get("Message") or exc), response
+    try:
+        body = response.json() if response is not None else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("Message"):
+        code = body.get("ErrorCode")
+        return status, None if code is None else str(code), str(body["Message"]), body
+    # No parseable reply (connection refused, timeout, HTML error page): anymail's own text.
+    return status, None, str(exc).replace("\n", " "), body
+
+
+def _raise_for_esp_error(exc: Exception, provider: str) -> NoReturn:
+    status, code, text, body = _esp_reply(exc)
+    if status is None or status == 429 or status >= 500:
+        raise TransientDeliveryError(
+            text,
+            provider=provider,
+            status_code=status,
+            provider_code=code,
+            response=body,
+            retry_after=_retry_after(getattr(getattr(exc, "response", None), "headers", {})),
+        ) from exc
+    if status == 413 or code in _MESSAGE_REFUSED_CODES:
+        raise PermanentDeliveryError(
+            text, provider=provider, status_code=status, provider_code=code, response=body
+        ) from exc
+    detail = f" code {code}" if code else ""
+    raise ProviderConfigurationError(f"{provider} {status}{detail}: {text}") from exc
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        return max(0.0, float(headers.get("Retry-After")))
+    except (TypeError, ValueError):
+        return None  # absent, or an HTTP date: our own backoff will do
 
 
 def _raise_for_smtp_code(
     code: int, text: bytes | str, provider: str, address: str | None, exc: Exception
-) -> None:
+) -> NoReturn:
     detail = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
     if 400 <= code < 500:
         raise TransientDeliveryError(
@@ -89,13 +186,6 @@ def _raise_for_smtp_code(
         dead_address=address,
         suppress_reason="hard_bounce",
     ) from exc
-
-
-def _backend_name() -> str:
-    backend = str(settings.EMAIL_BACKEND)
-    if backend.startswith("anymail.backends."):
-        return backend.split(".")[2]
-    return backend.rsplit(".", 2)[-2]  # "smtp", "console", "locmem"
 
 
 def _message_id_domain() -> str:

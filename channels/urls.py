@@ -9,4 +9,5 @@ urlpatterns = [
     # ANYMAIL_WEBHOOK_SECRET, as anymail requires).
     path("anymail/", include("anymail.urls")),
     path("twilio/status", twilio.status_callback, name="twilio-status"),
+    path("twilio/inbound", twilio.inbound, name="twilio-inbound"),
 ]

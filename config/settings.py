@@ -172,6 +172,9 @@ TWILIO_FROM_NUMBER = env.str("TWILIO_FROM_NUMBER", default="")
 TWILIO_MESSAGING_SERVICE_SID = env.str("TWILIO_MESSAGING_SERVICE_SID", default="")
 # Where Twilio reaches our status callback, e.g. https://notify.example.com/webhooks/twilio/status
 TWILIO_STATUS_CALLBACK_URL = env.str("TWILIO_STATUS_CALLBACK_URL", default="")
+# The inbound-message webhook URL set on the Twilio number (signatures are over it), e.g.
+# https://notify.example.com/webhooks/twilio/inbound; empty means the URL as this server sees it.
+TWILIO_INBOUND_URL = env.str("TWILIO_INBOUND_URL", default="")
 # Empty means Twilio's own API; the local fake is "http://127.0.0.1:<port>".
 TWILIO_API_BASE = env.str("TWILIO_API_BASE", default="")
 

@@ -1,0 +1,349 @@
+"""Email through anymail's real Postmark backend against the local Postmark fake.
+
+Sends go through notifications.services.delivery_send, so what is asserted is the policy:
+what Postmark received, what was retried, what was dead-lettered, which address suppressed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings as django_settings
+from django.db import connection
+from django.utils import timezone
+
+from channels.base import ProviderConfigurationError, TransientDeliveryError
+from channels.checks import check_providers
+from devtools.fakes.postmark import DEFAULT_TOKEN, FakePostmark
+from notifications import services
+from notifications.models import Delivery, DeliveryStatus, FailedDelivery, Notification
+from notifications.services import Outcome
+from notifications.tasks import deliver_email
+from preferences.models import Suppression
+from tests.factories import RecipientFactory, create_api_key
+from tests.workers import WorkerProcess, wait_for
+
+POSTMARK_BACKEND = "anymail.backends.postmark.EmailBackend"
+WEBHOOK_SECRET = "postmark:hook-secret"
+
+
+@pytest.fixture
+def postmark() -> Iterator[FakePostmark]:
+    fake = FakePostmark().start()
+    yield fake
+    fake.stop()
+
+
+def _point_at(settings: Any, fake: FakePostmark, **anymail: str) -> None:
+    # pytest-django forces the locmem backend at setup; this override comes later and wins.
+    settings.EMAIL_BACKEND = POSTMARK_BACKEND
+    settings.DEFAULT_FROM_EMAIL = "Shop <notify@shop.example>"
+    settings.ANYMAIL = {
+        "POSTMARK_SERVER_TOKEN": DEFAULT_TOKEN,
+        "POSTMARK_API_URL": fake.url,
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        **anymail,
+    }
+
+
+@pytest.fixture
+def via_postmark(settings: Any, postmark: FakePostmark) -> FakePostmark:
+    _point_at(settings, postmark)
+    return postmark
+
+
+def _queued(event: Any, email: str, **content: Any) -> Delivery:
+    recipient = RecipientFactory(email=email)
+    notification = Notification.objects.create(
+        api_key=create_api_key()[0],
+        recipient=recipient,
+        external_user_id=recipient.external_id,
+        event=event,
+        request_fingerprint="x",
+    )
+    return Delivery.objects.create(
+        notification=notification,
+        channel="email",
+        status=DeliveryStatus.QUEUED,
+        content={"subject": "Order 7 shipped", "body": "On its way.", **content},
+        lease_until=timezone.now() + timedelta(minutes=5),
+    )
+
+
+@pytest.mark.django_db
+def test_postmark_receives_exactly_the_message_and_its_id_is_recorded(
+    order_shipped, settings, postmark
+):
+    _point_at(settings, postmark, POSTMARK_MESSAGE_STREAM="outbound")
+    delivery = _queued(order_shipped, "ana@example.com", html="<p>On its way.</p>")
+
+    assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SENT
+
+    (request,) = postmark.requests
+    assert (request["method"], request["path"]) == ("POST", "/email")
+    assert request["serverToken"] == "valid"
+    headers = {name.lower(): value for name, value in request["headers"].items()}
+    assert headers["content-type"] == "application/json"
+    assert headers["accept"] == "application/json"
+    assert headers["user-agent"].startswith("django-anymail/")
+    (message_id_header,) = request["json"].pop("Headers")
+    assert message_id_header["Name"] == "Message-ID"
+    assert message_id_header["Value"].endswith("@shop.example>")
+    assert request["json"] == {
+        "From": "Shop <notify@shop.example>",
+        "To": "ana@example.com",
+        "Subject": "Order 7 shipped",
+        "TextBody": "On its way.",
+        "HtmlBody": "<p>On its way.</p>",
+        "MessageStream": "outbound",
+    }
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.SENT
+    assert delivery.provider == "postmark"
+    assert delivery.provider_message_id == request["response"]["MessageID"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("address", "code", "reason"),
+    [
+        ("inactive-1@example.com", "406", "hard_bounce"),
+        ("invalid-1@example.com", "300", "invalid"),
+    ],
+)
+def test_a_refused_address_is_tried_once_dead_lettered_and_suppressed(
+    order_shipped, via_postmark, address, code, reason
+):
+    delivery = _queued(order_shipped, address)
+
+    assert services.delivery_send(delivery_id=delivery.pk, task_name="t") == Outcome.FAILED
+
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 1
+    letter = FailedDelivery.objects.get(delivery=delivery)
+    assert letter.error_class == "channels.base.PermanentDeliveryError"
+    assert letter.error_message.startswith(f"postmark 422 code {code}: ")
+    assert address in letter.error_message
+    suppression = Suppression.objects.get()
+    assert (suppression.channel, suppression.address) == ("email", address)
+    assert (suppression.reason, suppression.provider) == (reason, "postmark")
+    # The next notification to that address is skipped without asking Postmark again.
+    again = _queued(order_shipped, address.upper())
+    assert services.delivery_send(delivery_id=again.pk) == Outcome.SKIPPED
+    again.refresh_from_db()
+    assert again.reason == "suppressed"
+    assert len(via_postmark.requests) == 1
+
+
+@pytest.mark.django_db
+def test_rate_limit_is_transient_and_carries_retry_after(order_shipped, via_postmark):
+    delivery = _queued(order_shipped, "ratelimited@example.com")
+
+    with pytest.raises(TransientDeliveryError) as caught:
+        services.delivery_send(delivery_id=delivery.pk)
+
+    assert caught.value.status_code == 429
+    assert caught.value.retry_after == 1.0
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.QUEUED
+    assert "postmark 429" in delivery.last_error
+    assert not FailedDelivery.objects.exists()
+    assert not Suppression.objects.exists()
+
+
+@pytest.mark.django_db
+def test_server_errors_are_retried_until_postmark_accepts(order_shipped, via_postmark):
+    # The fake answers 500, then 503, then accepts.
+    delivery = _queued(order_shipped, "flaky-2-bob@example.com")
+
+    for status in (500, 503):
+        with pytest.raises(TransientDeliveryError) as caught:
+            services.delivery_send(delivery_id=delivery.pk)
+        assert caught.value.status_code == status
+        delivery.refresh_from_db()
+        assert delivery.status == DeliveryStatus.QUEUED
+    assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SENT
+
+    delivery.refresh_from_db()
+    assert delivery.attempts == 3
+    assert [r["status"] for r in via_postmark.requests] == [500, 503, 200]
+    assert delivery.provider_message_id == via_postmark.requests[-1]["response"]["MessageID"]
+    assert not Suppression.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_slow_postmark_is_cut_off_by_our_timeout(order_shipped, via_postmark, settings):
+    settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS = 0.3
+    delivery = _queued(order_shipped, "slow-3000-carl@example.com")
+
+    started = time.monotonic()
+    with pytest.raises(TransientDeliveryError) as caught:
+        services.delivery_send(delivery_id=delivery.pk)
+
+    assert time.monotonic() - started < 2.0  # anymail's own default would wait 30 s
+    assert caught.value.status_code is None
+    assert "ReadTimeout" in str(caught.value)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.QUEUED
+
+
+@pytest.mark.django_db
+def test_postmark_unreachable_is_transient(order_shipped, settings, postmark):
+    _point_at(settings, postmark)
+    postmark.stop()  # nothing listens on that port any more
+    delivery = _queued(order_shipped, "dan@example.com")
+
+    with pytest.raises(TransientDeliveryError):
+        services.delivery_send(delivery_id=delivery.pk)
+
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.QUEUED
+    assert "ConnectionError" in delivery.last_error
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("anymail", "sender", "expected"),
+    [
+        ({"POSTMARK_SERVER_TOKEN": "wrong-token"}, "notify@shop.example", "401 code 10"),
+        ({}, "unsigned@shop.example", "422 code 400"),
+    ],
+)
+def test_bad_credentials_are_a_configuration_error_dead_lettered_not_retried(
+    order_shipped, settings, postmark, anymail, sender, expected
+):
+    _point_at(settings, postmark, **anymail)
+    settings.DEFAULT_FROM_EMAIL = sender
+    delivery = _queued(order_shipped, "erin@example.com")
+
+    result = deliver_email.apply(args=[delivery.pk])
+
+    assert result.failed()
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 1
+    letter = FailedDelivery.objects.get(delivery=delivery)
+    assert letter.error_class == "channels.base.ProviderConfigurationError"
+    assert letter.error_message.startswith(f"postmark {expected}: ")
+    assert len(postmark.requests) == 1
+    assert not Suppression.objects.exists()
+    assert isinstance(result.result, ProviderConfigurationError)
+
+
+def _email_errors() -> list[Any]:
+    return [error for error in check_providers() if "NOTIFY_PROVIDER_EMAIL" in error.msg]
+
+
+def test_system_check_names_the_missing_postmark_token(settings):
+    settings.EMAIL_BACKEND = POSTMARK_BACKEND
+    settings.ANYMAIL = {"WEBHOOK_SECRET": WEBHOOK_SECRET}
+
+    (error,) = _email_errors()
+
+    assert error.id == "channels.E004"
+    assert "ANYMAIL_POSTMARK_SERVER_TOKEN" in error.msg
+
+
+def test_system_check_refuses_an_empty_token_and_an_open_webhook(settings):
+    settings.EMAIL_BACKEND = POSTMARK_BACKEND
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": ""}
+
+    messages = [error.msg for error in _email_errors()]
+
+    assert any("ANYMAIL_POSTMARK_SERVER_TOKEN is empty" in m for m in messages)
+    assert any("ANYMAIL_WEBHOOK_SECRET" in m for m in messages)
+
+
+def test_system_check_passes_for_a_configured_postmark_and_for_smtp(settings):
+    settings.EMAIL_BACKEND = POSTMARK_BACKEND
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "t", "WEBHOOK_SECRET": WEBHOOK_SECRET}
+    assert _email_errors() == []
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.ANYMAIL = {}
+    assert _email_errors() == []
+
+
+# --- one real worker ----------------------------------------------------------------------
+# Module scope, and last in the file: while it runs the worker consumes the email queue.
+
+
+@pytest.fixture(scope="module")
+def postmark_for_worker() -> Iterator[FakePostmark]:
+    fake = FakePostmark().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def email_worker(
+    django_db_setup: None,
+    django_db_blocker: Any,
+    postmark_for_worker: FakePostmark,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WorkerProcess]:
+    with django_db_blocker.unblock():
+        database_name = connection.settings_dict["NAME"]
+    db = django_settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings_test",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{database_name}",
+        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
+        "EMAIL_BACKEND": POSTMARK_BACKEND,
+        "ANYMAIL_POSTMARK_SERVER_TOKEN": DEFAULT_TOKEN,
+        "ANYMAIL_POSTMARK_API_URL": postmark_for_worker.url,
+        "ANYMAIL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
+    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).flushdb()
+    worker = WorkerProcess("email", env, tmp_path_factory.mktemp("postmark-worker"))
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_real_worker_retries_a_postmark_5xx_then_the_webhook_marks_it_delivered(
+    api_client, order_shipped, email_worker, postmark_for_worker, live_server, settings
+):
+    settings.ANYMAIL = {"WEBHOOK_SECRET": WEBHOOK_SECRET}
+    postmark_for_worker.webhook_url = f"{live_server.url}/webhooks/anymail/postmark/tracking/"
+    postmark_for_worker.webhook_auth = WEBHOOK_SECRET
+    # Like Postmark's, the callback comes after the worker recorded "sent" (a receipt for a
+    # message id not yet recorded is dropped).
+    postmark_for_worker.webhook_delay = 1.0
+    recipient = RecipientFactory(email="flaky-1-fay@example.com")
+
+    response = api_client.post(
+        "/api/notify",
+        {"userId": recipient.external_id, "event": "order_shipped", "data": {"orderId": "9"}},
+        format="json",
+    )
+    assert response.status_code == 202, response.content
+
+    def settled() -> Delivery | None:
+        d = Delivery.objects.get(notification_id=response.json()["id"], channel="email")
+        return d if d.status in (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED) else None
+
+    email = wait_for(settled, what="the email to be delivered", timeout=30)
+    assert email.status == DeliveryStatus.DELIVERED, email_worker.log()
+    assert email.attempts == 2
+    assert [e["status"] for e in email.history if "status" in e] == [
+        "queued",
+        "sending",
+        "queued",
+        "sending",
+        "sent",
+        "delivered",
+    ]
+    (accepted,) = postmark_for_worker.sent_to("flaky-1-fay@example.com")
+    assert email.provider_message_id == accepted["response"]["MessageID"]
+    assert accepted["json"]["Subject"] == "Order 9 shipped"
+    assert postmark_for_worker.webhooks[-1]["status"] == 200

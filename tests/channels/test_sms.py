@@ -1,0 +1,375 @@
+"""SMS through the real twilio SDK against the local Twilio fake, via the delivery service."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings as django_settings
+from django.db import connection
+from django.utils import timezone
+
+from channels.base import ProviderConfigurationError, TransientDeliveryError
+from channels.checks import check_providers
+from channels.sms import SMSProvider, _client
+from devtools.fakes.twilio import FakeTwilioServer
+from notifications import services
+from notifications.models import Delivery, DeliveryStatus, FailedDelivery, Notification
+from notifications.services import Outcome
+from notifications.tasks import deliver_sms
+from preferences.models import Suppression
+from tests.factories import RecipientFactory, create_api_key
+from tests.workers import WorkerProcess, wait_for
+
+SENDER = "+15005550006"
+OK_NUMBER = "+15550100001"
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(scope="module")
+def twilio_server() -> Iterator[FakeTwilioServer]:
+    server = FakeTwilioServer(slow_seconds=2.0).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def twilio(settings, twilio_server: FakeTwilioServer) -> FakeTwilioServer:
+    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "sms": "channels.sms.SMSProvider"}
+    settings.TWILIO_ACCOUNT_SID = twilio_server.account_sid
+    settings.TWILIO_AUTH_TOKEN = twilio_server.auth_token
+    settings.TWILIO_FROM_NUMBER = SENDER
+    settings.TWILIO_MESSAGING_SERVICE_SID = ""
+    settings.TWILIO_STATUS_CALLBACK_URL = ""
+    settings.TWILIO_API_BASE = twilio_server.url
+    twilio_server.reset()
+    return twilio_server
+
+
+def _queued(phone: str, event, body: str = "Your order 7 is on its way.") -> Delivery:
+    recipient = RecipientFactory(phone=phone)
+    api_key, _ = create_api_key()
+    notification = Notification.objects.create(
+        api_key=api_key,
+        recipient=recipient,
+        external_user_id=recipient.external_id,
+        event=event,
+        request_fingerprint="x",
+    )
+    return Delivery.objects.create(
+        notification=notification,
+        channel="sms",
+        status=DeliveryStatus.QUEUED,
+        content={"subject": "Order 7 shipped", "body": body},
+        lease_until=timezone.now() + timedelta(minutes=5),
+    )
+
+
+def _send(delivery: Delivery) -> Outcome:
+    outcome = services.delivery_send(delivery_id=delivery.pk, task_name="t")
+    delivery.refresh_from_db()
+    return outcome
+
+
+def test_sends_the_form_twilio_expects_with_basic_auth(twilio, order_shipped):
+    delivery = _queued(OK_NUMBER, order_shipped)
+
+    assert _send(delivery) == Outcome.SENT
+
+    (received,) = twilio.requests
+    assert received["path"] == f"/2010-04-01/Accounts/{twilio.account_sid}/Messages.json"
+    assert received["authUser"] == twilio.account_sid and received["authOk"] is True
+    assert received["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    assert received["headers"]["User-Agent"].startswith("twilio-python/9.")
+    assert received["form"] == {"To": OK_NUMBER, "From": SENDER, "Body": delivery.content["body"]}
+    assert twilio.auth_token not in json.dumps(twilio.requests)  # the secret is not recorded
+    assert delivery.status == DeliveryStatus.SENT
+    assert delivery.provider == "twilio"
+    assert re.fullmatch(r"SM[0-9a-f]{32}", delivery.provider_message_id)
+    assert delivery.provider_message_id == received["response"]["sid"]
+
+
+def test_messaging_service_and_status_callback_are_sent_when_configured(
+    twilio, order_shipped, settings
+):
+    settings.TWILIO_FROM_NUMBER = ""
+    settings.TWILIO_MESSAGING_SERVICE_SID = "MG" + "1" * 32
+    # Nobody listens there: the fake's callback fails, which this test does not look at.
+    settings.TWILIO_STATUS_CALLBACK_URL = "http://127.0.0.1:9/webhooks/twilio/status"
+    delivery = _queued(OK_NUMBER, order_shipped)
+
+    assert _send(delivery) == Outcome.SENT
+
+    assert twilio.requests[0]["form"] == {
+        "To": OK_NUMBER,
+        "MessagingServiceSid": "MG" + "1" * 32,
+        "Body": delivery.content["body"],
+        "StatusCallback": "http://127.0.0.1:9/webhooks/twilio/status",
+    }
+
+
+@pytest.mark.parametrize(
+    ("number", "code", "reason"),
+    [
+        ("+15550100610", "21610", "sms_stop"),
+        ("+15550100211", "21211", "invalid"),
+        ("+15550100214", "21214", "invalid"),
+        ("+15550100614", "21614", "invalid"),
+        ("+15550100635", "21635", "invalid"),
+        # The same refusal as RFC 9457 problem details (the SDK's TwilioServiceException).
+        ("+15550109211", "21211", "invalid"),
+    ],
+)
+def test_dead_number_fails_once_and_is_suppressed(twilio, order_shipped, number, code, reason):
+    delivery = _queued(number, order_shipped)
+
+    assert _send(delivery) == Outcome.FAILED
+
+    assert len(twilio.messages_to(number)) == 1
+    assert (delivery.status, delivery.reason, delivery.attempts) == ("failed", code, 1)
+    letter = FailedDelivery.objects.get(delivery=delivery)
+    assert letter.error_class == "channels.base.PermanentDeliveryError"
+    assert letter.error_message.startswith(f"Twilio API 400 code {code}: ")
+    assert "Unable to create record" not in letter.error_message
+    suppression = Suppression.objects.get(channel="sms", address=number)
+    assert (suppression.reason, suppression.provider) == (reason, "Twilio API")
+
+    # A later notification to that number is not even tried.
+    later = _queued(number, order_shipped)
+    assert _send(later) == Outcome.SKIPPED
+    assert later.reason == "suppressed"
+    assert len(twilio.messages_to(number)) == 1
+
+
+def test_error_text_is_twilios_own(twilio, order_shipped):
+    delivery = _queued("+15550100211", order_shipped)
+    _send(delivery)
+    assert delivery.last_error == (
+        "Twilio API 400 code 21211: The 'To' number +15550100211 is not a valid phone number."
+    )
+
+
+@pytest.mark.parametrize("number", ["+15550100612", "+15550100617"])
+def test_refused_message_fails_without_suppressing_the_number(twilio, order_shipped, number):
+    # 21612: this To/From combination cannot be routed; 21617 (body): the message is wrong.
+    delivery = _queued(number, order_shipped)
+
+    assert _send(delivery) == Outcome.FAILED
+
+    assert delivery.attempts == 1
+    assert FailedDelivery.objects.filter(delivery=delivery).exists()
+    assert not Suppression.objects.exists()
+
+
+def test_rfc9457_error_is_what_the_sdk_raises_as_a_service_exception(twilio):
+    from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+
+    client = _client(twilio.account_sid, twilio.auth_token, 5.0, twilio.url)
+    with pytest.raises(TwilioServiceException) as raised:
+        client.messages.create(to="+15550109211", from_=SENDER, body="x")
+
+    assert not isinstance(raised.value, TwilioRestException)
+    assert (raised.value.status, raised.value.code) == (400, 21211)
+    assert twilio.requests[0]["response"]["type"] == "https://www.twilio.com/docs/errors/21211"
+
+
+@pytest.mark.parametrize("number", ["+15550100429", "+15550109429"])
+def test_rate_limit_is_transient_and_keeps_retry_after(twilio, order_shipped, number):
+    delivery = _queued(number, order_shipped)
+
+    with pytest.raises(TransientDeliveryError) as raised:
+        _send(delivery)
+
+    assert (raised.value.status_code, raised.value.provider_code) == (429, "20429")
+    assert raised.value.retry_after == 1.0
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.QUEUED
+    assert not FailedDelivery.objects.exists() and not Suppression.objects.exists()
+
+
+def test_server_error_is_retried_then_sent(twilio, order_shipped):
+    delivery = _queued("+15550100501", order_shipped)  # 500 once, then accepted
+
+    with pytest.raises(TransientDeliveryError) as raised:
+        _send(delivery)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.QUEUED
+    assert str(raised.value) == "Twilio API 500 code 20500: Internal Server Error"
+
+    assert _send(delivery) == Outcome.SENT
+
+    first, second = twilio.messages_to("+15550100501")
+    assert (first["status"], second["status"]) == (500, 201)
+    assert delivery.attempts == 2
+    assert delivery.provider_message_id == second["response"]["sid"]
+
+
+def test_slow_answer_times_out_as_transient(twilio, order_shipped, settings):
+    settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS = 0.3
+    delivery = _queued("+15550100999", order_shipped)  # the fake answers after 2 s
+
+    started = time.monotonic()
+    with pytest.raises(TransientDeliveryError):
+        _send(delivery)
+
+    assert time.monotonic() - started < 1.5
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.QUEUED
+    assert "no answer within 0.3s" in delivery.last_error
+    (pending,) = twilio.messages_to("+15550100999")
+    assert "status" not in pending  # the client gave up before the fake answered
+
+
+def test_refused_connection_is_transient(twilio, order_shipped, settings):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        settings.TWILIO_API_BASE = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    delivery = _queued(OK_NUMBER, order_shipped)
+
+    with pytest.raises(TransientDeliveryError, match="ConnectionError"):
+        _send(delivery)
+
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.QUEUED
+
+
+def test_wrong_auth_token_is_a_configuration_error_and_dead_letters_the_task(
+    twilio, order_shipped, settings
+):
+    settings.TWILIO_AUTH_TOKEN = "not-the-token"
+    delivery = _queued(OK_NUMBER, order_shipped)
+
+    result = deliver_sms.apply(args=[delivery.pk])
+
+    assert result.failed()
+    assert len(twilio.requests) == 1  # not retried
+    assert twilio.requests[0]["authOk"] is False
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.FAILED, 1)
+    letter = FailedDelivery.objects.get(delivery=delivery)
+    assert letter.error_class == "channels.base.ProviderConfigurationError"
+    assert "401 code 20003: Authenticate" in letter.error_message
+    assert "TWILIO_AUTH_TOKEN" in letter.error_message
+    assert not Suppression.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("number", "hint"),
+    [("+15550100408", "Geo Permissions"), ("+15550100606", "TWILIO_FROM_NUMBER")],
+)
+def test_account_side_refusals_are_configuration_errors(twilio, order_shipped, number, hint):
+    delivery = _queued(number, order_shipped)
+
+    with pytest.raises(ProviderConfigurationError, match=hint):
+        _send(delivery)
+
+    assert not Suppression.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"TWILIO_ACCOUNT_SID": ""}, "TWILIO_ACCOUNT_SID"),
+        ({"TWILIO_AUTH_TOKEN": ""}, "TWILIO_AUTH_TOKEN"),
+        (
+            {"TWILIO_FROM_NUMBER": "", "TWILIO_MESSAGING_SERVICE_SID": ""},
+            "neither TWILIO_FROM_NUMBER nor TWILIO_MESSAGING_SERVICE_SID",
+        ),
+        ({"TWILIO_API_BASE": "127.0.0.1:8025"}, "TWILIO_API_BASE"),
+    ],
+)
+def test_system_check_names_the_missing_setting(twilio, settings, overrides, named):
+    assert check_providers() == []
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+
+    errors = check_providers()
+
+    assert [error.id for error in errors] == ["channels.E004"]
+    assert named in errors[0].msg
+    assert SMSProvider.check_configuration() != []
+
+
+# --- one end-to-end run through a real `celery worker -Q sms` --------------------------------
+
+
+@pytest.fixture(scope="module")
+def sms_worker(
+    django_db_setup: None,
+    django_db_blocker: Any,
+    live_server: Any,
+    twilio_server: FakeTwilioServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WorkerProcess]:
+    with django_db_blocker.unblock():
+        database_name = connection.settings_dict["NAME"]
+    db = django_settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings_test",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{database_name}",
+        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
+        "NOTIFY_PROVIDER_SMS": "channels.sms.SMSProvider",
+        "TWILIO_ACCOUNT_SID": twilio_server.account_sid,
+        "TWILIO_AUTH_TOKEN": twilio_server.auth_token,
+        "TWILIO_FROM_NUMBER": SENDER,
+        "TWILIO_API_BASE": twilio_server.url,
+        "TWILIO_STATUS_CALLBACK_URL": f"{live_server.url}/webhooks/twilio/status",
+    }
+    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).flushdb()
+    worker = WorkerProcess("sms", env, tmp_path_factory.mktemp("sms-worker"))
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def _status(notification_id: str, wanted: str) -> Delivery | None:
+    delivery = Delivery.objects.get(notification_id=notification_id, channel="sms")
+    return delivery if delivery.status == wanted else None
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_worker_sends_retries_and_the_signed_status_callback_marks_delivered(
+    api_client, order_shipped, twilio, sms_worker, live_server, settings
+):
+    # The webhook runs in this process (live_server): same URL and token as the worker's.
+    settings.TWILIO_STATUS_CALLBACK_URL = f"{live_server.url}/webhooks/twilio/status"
+    number = "+15550100501"  # 500 on the first attempt, then accepted
+    recipient = RecipientFactory(phone=number)
+
+    response = api_client.post(
+        "/api/notify",
+        {"userId": recipient.external_id, "event": "order_shipped", "channels": ["sms"]},
+        format="json",
+    )
+    assert response.status_code == 202, response.content
+    notification_id = response.json()["id"]
+
+    delivered = wait_for(
+        lambda: _status(notification_id, DeliveryStatus.DELIVERED),
+        what=f"sms delivered (worker log:\n{sms_worker.log()})",
+    )
+    first, second = twilio.messages_to(number)
+    assert (first["status"], second["status"]) == (500, 201)
+    assert second["form"]["StatusCallback"] == settings.TWILIO_STATUS_CALLBACK_URL
+    assert delivered.attempts == 2
+    assert delivered.provider_message_id == second["response"]["sid"]
+    steps = [e.get("status") or f"receipt {e['receipt']}" for e in delivered.history]
+    assert steps == ["queued", "sending", "queued", "sending", "sent", "receipt sent", "delivered"]
+    wait_for(lambda: len(twilio.callbacks) == 2, what="both callbacks answered")
+    assert [(c["params"]["MessageStatus"], c["status"]) for c in twilio.callbacks] == [
+        ("sent", 200),
+        ("delivered", 200),
+    ]
