@@ -54,6 +54,9 @@ class EmailProvider:
         )
         if content.get("html"):
             email.attach_alternative(content["html"], "text/html")
+        # anymail ESPs echo metadata in their webhooks; our delivery id there lets a receipt
+        # find its delivery even before the ESP's message id was recorded. SMTP ignores it.
+        email.metadata = {"deliveryId": str(message.delivery_id)}  # type: ignore[attr-defined]
         try:
             email.send()
         except AnymailRecipientsRefused as exc:

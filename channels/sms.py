@@ -78,7 +78,11 @@ class SMSProvider:
             else {"messaging_service_sid": settings.TWILIO_MESSAGING_SERVICE_SID}
         )
         if settings.TWILIO_STATUS_CALLBACK_URL:
-            sender["status_callback"] = settings.TWILIO_STATUS_CALLBACK_URL
+            # Our delivery id rides in the callback URL, so a callback that beats our own
+            # "sent" bookkeeping (the SM sid is not stored yet) still finds its delivery.
+            sender["status_callback"] = (
+                f"{settings.TWILIO_STATUS_CALLBACK_URL}?deliveryId={message.delivery_id}"
+            )
         client = _client(
             settings.TWILIO_ACCOUNT_SID,
             settings.TWILIO_AUTH_TOKEN,

@@ -50,6 +50,7 @@ def on_tracking_event(
         Receipt(
             provider=esp_provider_name(esp_name),
             message_id=str(event.message_id),
+            delivery_id=_delivery_id((event.metadata or {}).get("deliveryId")),
             event=str(event.event_type),
             status=_STATUS.get(event.event_type),
             detail=" / ".join(filter(None, (event.mta_response, event.description))),
@@ -74,3 +75,7 @@ def _suppression_reason(event: AnymailTrackingEvent) -> str | None:
     if event.event_type == EventType.REJECTED:
         return _DEAD_ADDRESS_REASONS.get(event.reject_reason)
     return None
+
+
+def _delivery_id(value: Any) -> int | None:
+    return int(value) if isinstance(value, str) and value.isdigit() else None

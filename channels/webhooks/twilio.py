@@ -65,6 +65,7 @@ def status_callback(request: HttpRequest) -> HttpResponse:
         Receipt(
             provider=PROVIDER,
             message_id=params.get("MessageSid") or params.get("SmsSid") or "",
+            delivery_id=_delivery_id(request.GET.get("deliveryId", "")),
             event=message_status,
             status=status,
             detail=code if status == DeliveryStatus.FAILED else "",
@@ -112,8 +113,16 @@ def _signed(request: HttpRequest, public_url: str) -> bool:
         # A Webhook Rule made Twilio sign with a SharedKey, whose secret we are not given.
         logger.warning("Twilio webhook signed with a SharedKey; only Auth Token signing is set up")
         return False
-    url = public_url or request.build_absolute_uri()
+    url = request.build_absolute_uri()
+    if public_url:
+        # Twilio signs the exact URL it called, query string included (our ?deliveryId=).
+        query = request.META.get("QUERY_STRING", "")
+        url = f"{public_url}?{query}" if query else public_url
     valid = RequestValidator(settings.TWILIO_AUTH_TOKEN).validate(url, request.POST, signature)
     if not valid:
         logger.warning("Twilio webhook with a bad signature for %s", url)
     return bool(valid)
+
+
+def _delivery_id(value: str) -> int | None:
+    return int(value) if value.isdigit() else None

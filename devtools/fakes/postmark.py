@@ -175,9 +175,10 @@ class FakePostmark:
         }
         if self.webhook_url:
             event = _bounce(accepted, address) if local.startswith("bounce") else None
-            timer = threading.Timer(
-                self.webhook_delay, self._post_webhook, [event or _delivery(accepted, address)]
-            )
+            event = event or _delivery(accepted, address)
+            # Postmark echoes the message's Metadata in its webhooks.
+            event["Metadata"] = message.get("Metadata") or {}
+            timer = threading.Timer(self.webhook_delay, self._post_webhook, [event])
             timer.daemon = True
             timer.start()
         return 200, accepted, {}

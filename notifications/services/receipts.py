@@ -28,19 +28,19 @@ class Receipt:
     detail: str = ""
     # (channel, address, reason): stop using this destination (hard bounce, complaint, STOP).
     suppress: tuple[str, str, str] | None = None
+    # Our own delivery id when the provider echoes it back (callback URL, message metadata):
+    # it finds the delivery even before the provider's message id was recorded.
+    delivery_id: int | None = None
 
 
 def delivery_receipt_apply(receipt: Receipt) -> int | None:
-    """Apply a receipt to the delivery with that provider message id; its id, or None if unknown.
+    """Apply a receipt to its delivery (by our id when the provider echoed it, else by the
+    provider's message id); returns the delivery id, or None if unknown.
 
     Statuses only move forward: a duplicate or late receipt changes nothing and is not
     recorded twice. Engagement events (opens, clicks) are appended to the history only.
     """
-    delivery_id = (
-        Delivery.objects.filter(provider=receipt.provider, provider_message_id=receipt.message_id)
-        .values_list("pk", flat=True)
-        .first()
-    )
+    delivery_id = _find_delivery(receipt)
     with transaction.atomic():
         if receipt.suppress is not None:
             channel, address, reason = receipt.suppress
@@ -62,7 +62,28 @@ def delivery_receipt_apply(receipt: Receipt) -> int | None:
         if receipt.status == DeliveryStatus.FAILED:
             why = receipt.detail or receipt.event
             fields = {"reason": why[:64], "last_error": why}
+        if receipt.message_id:
+            # Fills them in when the receipt beat the worker's own "sent" bookkeeping.
+            fields.update(provider=receipt.provider, provider_message_id=receipt.message_id)
         transitions.transition(
             [delivery_id], to=receipt.status, allowed_from=_FROM, note=entry, **fields
         )
     return delivery_id
+
+
+def _find_delivery(receipt: Receipt) -> int | None:
+    if receipt.delivery_id is not None:
+        found = (
+            Delivery.objects.filter(pk=receipt.delivery_id)
+            .values_list("pk", "provider_message_id")
+            .first()
+        )
+        # A recorded message id must agree: a stale id in a callback URL matches nothing.
+        if found is not None and found[1] in ("", receipt.message_id):
+            return int(found[0])
+        return None
+    return (
+        Delivery.objects.filter(provider=receipt.provider, provider_message_id=receipt.message_id)
+        .values_list("pk", flat=True)
+        .first()
+    )

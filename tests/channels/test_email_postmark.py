@@ -102,6 +102,8 @@ def test_postmark_receives_exactly_the_message_and_its_id_is_recorded(
         "TextBody": "On its way.",
         "HtmlBody": "<p>On its way.</p>",
         "MessageStream": "outbound",
+        # Echoed in Postmark's webhooks, so receipts find the delivery by our own id.
+        "Metadata": {"deliveryId": str(delivery.pk)},
     }
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.SENT

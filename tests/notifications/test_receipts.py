@@ -89,3 +89,30 @@ def test_unknown_message_id_is_ignored_but_its_suppression_applies(sent_email):
 def test_receipt_for_another_provider_does_not_match(sent_email):
     other = Receipt(provider="twilio", message_id="msg-1", event="delivered", status="delivered")
     assert delivery_receipt_apply(other) is None
+
+
+def test_a_receipt_that_beats_the_workers_bookkeeping_is_matched_by_our_id(order_shipped):
+    api_key, _ = create_api_key()
+    notification = Notification.objects.create(
+        api_key=api_key, recipient=RecipientFactory(), event=order_shipped, request_fingerprint="x"
+    )
+    # The provider accepted the message and called back before we recorded its id.
+    sending = Delivery.objects.create(
+        notification=notification, channel="sms", status=DeliveryStatus.SENDING
+    )
+    early = Receipt(
+        provider="twilio",
+        message_id="SM1",
+        delivery_id=sending.pk,
+        event="delivered",
+        status=DeliveryStatus.DELIVERED,
+    )
+
+    assert delivery_receipt_apply(early) == sending.pk
+
+    sending.refresh_from_db()
+    assert sending.status == DeliveryStatus.DELIVERED
+    assert (sending.provider, sending.provider_message_id) == ("twilio", "SM1")
+    # An id that disagrees with the recorded message id matches nothing.
+    stale = Receipt(provider="twilio", message_id="SM-other", delivery_id=sending.pk, event="x")
+    assert delivery_receipt_apply(stale) is None
