@@ -214,6 +214,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # A worker consuming "email,email.bulk" always drains the transactional queue first
+    # (Redis transport; kombu's default round-robin would alternate between them).
+    "queue_order_strategy": "priority",
     # Must exceed the longest retry countdown, or Redis hands an unacked retry to a second
     # worker (harmless thanks to the claim, but wasted work).
     "visibility_timeout": max(3600, NOTIFY_RETRY_BACKOFF_MAX * 2),

@@ -7,7 +7,7 @@ from django.db.models import Q
 from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
-from preferences.models import Event, Recipient
+from preferences.models import Event, Priority, Recipient
 
 
 class Template(models.Model):
@@ -36,6 +36,45 @@ class Template(models.Model):
         return f"{self.event.key}/{self.channel}/{self.locale or 'default'}"
 
 
+class Broadcast(models.Model):
+    """One event to an audience (a topic, a list of userIds, everyone), fanned out in batches."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        FANNING_OUT = "fanning_out"
+        FANNED_OUT = "fanned_out"
+        CANCELLED = "cancelled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_key = models.ForeignKey(APIKey, on_delete=models.PROTECT, related_name="+")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="broadcasts")
+    # {"topic": key} | {"userIds": [...]} | {"all": true}
+    audience = models.JSONField()
+    channels = models.JSONField(null=True, blank=True)  # None: the event's default channels
+    data = models.JSONField(default=dict, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64)
+    accept_response = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    # Keyset position of the fan-out (last recipient id done), so a re-run resumes there.
+    fanout_cursor = models.BigIntegerField(default=0)
+    recipients_total = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    fanned_out_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key", "idempotency_key"], name="broadcast_unique_idempotency"
+            ),
+        ]
+        indexes = [models.Index(fields=["-created_at", "-id"], name="broadcast_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} → {self.audience}"
+
+
 class Notification(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     api_key = models.ForeignKey(APIKey, on_delete=models.PROTECT, related_name="+")
@@ -46,6 +85,12 @@ class Notification(models.Model):
     external_user_id = models.CharField(max_length=255, blank=True, default="")
     event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="notifications")
     data = models.JSONField(default=dict, blank=True)
+    priority = models.CharField(
+        max_length=16, choices=Priority.choices, default=Priority.TRANSACTIONAL
+    )
+    broadcast = models.ForeignKey(
+        Broadcast, on_delete=models.CASCADE, null=True, blank=True, related_name="notifications"
+    )
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64)
     # What the accept call answered, returned verbatim when the same request is replayed.
@@ -56,6 +101,13 @@ class Notification(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["api_key", "idempotency_key"], name="notification_unique_idempotency"
+            ),
+            # A fan-out that runs twice inserts nothing twice (ON CONFLICT DO NOTHING); also
+            # the index for a broadcast's progress.
+            models.UniqueConstraint(
+                fields=["broadcast", "recipient"],
+                condition=Q(broadcast__isnull=False),
+                name="notification_unique_per_broadcast",
             ),
         ]
         indexes = [

@@ -63,6 +63,13 @@ class Category(models.Model):
         return self.key
 
 
+class Priority(models.TextChoices):
+    """Which lane a notification travels in: transactional never waits behind bulk."""
+
+    TRANSACTIONAL = "transactional", "Transactional (OTP, password reset…)"
+    BULK = "bulk", "Bulk (broadcasts, digests…)"
+
+
 class Event(models.Model):
     key = models.SlugField(max_length=128, unique=True)
     category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="events")
@@ -70,9 +77,42 @@ class Event(models.Model):
         models.CharField(max_length=16, choices=Channel.choices), default=list, blank=True
     )
     description = models.TextField(blank=True, default="")
+    priority = models.CharField(
+        max_length=16, choices=Priority.choices, default=Priority.TRANSACTIONAL
+    )
 
     def __str__(self) -> str:
         return self.key
+
+
+class Topic(models.Model):
+    """A named audience for broadcasts (e.g. "product-news"), with its subscribers."""
+
+    key = models.SlugField(max_length=128, unique=True)
+    name = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class TopicSubscription(models.Model):
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="subscriptions")
+    recipient = models.ForeignKey(
+        Recipient, on_delete=models.CASCADE, related_name="topic_subscriptions"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # Also the index that fan-out pages through by (topic, recipient_id) keyset.
+            models.UniqueConstraint(
+                fields=["topic", "recipient"], name="topic_subscription_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic}: {self.recipient}"
 
 
 class Preference(models.Model):

@@ -11,6 +11,7 @@ from notifications.api.fields import (
     reject_unstorable_json,
 )
 from notifications.models import Delivery, Notification
+from preferences.models import Priority
 
 
 class NotifyRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
@@ -25,6 +26,8 @@ class NotifyRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     # DRF pops declared fields off the class, so this does not shadow Serializer.data.
     data = serializers.DictField(required=False, default=dict)  # type: ignore[assignment]
     idempotencyKey = StrictCharField(max_length=255, required=False)
+    # Overrides the event's lane: "transactional" (never waits behind bulk) or "bulk".
+    priority = serializers.ChoiceField(choices=Priority.choices, required=False)
 
     def validate_data(self, value: dict[str, Any]) -> dict[str, Any]:
         reject_unstorable_json(value)
@@ -86,4 +89,13 @@ class NotificationSerializer(serializers.ModelSerializer):  # type: ignore[type-
 
     class Meta:
         model = Notification
-        fields = ["id", "userId", "event", "data", "idempotencyKey", "createdAt", "deliveries"]
+        fields = [
+            "id",
+            "userId",
+            "event",
+            "priority",
+            "data",
+            "idempotencyKey",
+            "createdAt",
+            "deliveries",
+        ]

@@ -67,6 +67,7 @@ class NotifyView(APIView):
             channels=payload.get("channels"),
             data=payload["data"],
             idempotency_key=idempotency_key,
+            priority=payload.get("priority"),
         )
         if result.replayed:
             return Response(result.body, status=200, headers={"Idempotent-Replayed": "true"})

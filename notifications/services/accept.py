@@ -45,10 +45,18 @@ class _Planned:
 
 
 def request_fingerprint(
-    *, user_id: str, event: str, channels: list[str] | None, data: dict[str, Any]
+    *,
+    user_id: str,
+    event: str,
+    channels: list[str] | None,
+    data: dict[str, Any],
+    priority: str | None = None,
 ) -> str:
+    body: dict[str, Any] = {"userId": user_id, "event": event, "channels": channels, "data": data}
+    if priority is not None:  # absent from older requests' fingerprints: keep those stable
+        body["priority"] = priority
     canonical = json.dumps(
-        {"userId": user_id, "event": event, "channels": channels, "data": data},
+        body,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -64,14 +72,16 @@ def notification_accept(
     channels: list[str] | None,
     data: dict[str, Any],
     idempotency_key: str | None,
+    priority: str | None = None,
 ) -> AcceptResult:
     fingerprint = request_fingerprint(
-        user_id=user_id, event=event_key, channels=channels, data=data
+        user_id=user_id, event=event_key, channels=channels, data=data, priority=priority
     )
     catalog = event_catalog(key=event_key)
     if catalog is None:
         raise UnknownEvent(f"Unknown event {event_key!r}.", fields={"event": ["Unknown event."]})
     event = catalog.event
+    lane = priority or event.priority
     recipient = recipients.recipient_get(external_id=user_id)
     if recipient is None:
         # A replay of an accepted request still answers as it did, even if the user was
@@ -109,6 +119,7 @@ def notification_accept(
             recipient=recipient,
             event=event,
             data=data,
+            priority=lane,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
             body=body,
@@ -121,7 +132,7 @@ def notification_accept(
         now = timezone.now()
         rows = Delivery.objects.bulk_create([_delivery_row(notification_id, p, now) for p in plan])
         enqueue_on_commit(
-            (row.pk, row.channel) for row in rows if row.status == DeliveryStatus.QUEUED
+            (row.pk, row.channel, lane) for row in rows if row.status == DeliveryStatus.QUEUED
         )
     return AcceptResult(body=body, replayed=False)
 
@@ -211,9 +222,9 @@ def _delivery_row(notification_id: uuid.UUID, planned: _Planned, now: datetime) 
 
 _INSERT_SQL = """
 INSERT INTO notifications_notification
-    (id, api_key_id, recipient_id, external_user_id, event_id, data, idempotency_key,
+    (id, api_key_id, recipient_id, external_user_id, event_id, data, priority, idempotency_key,
      request_fingerprint, accept_response, created_at)
-VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s::jsonb, now())
+VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s::jsonb, now())
 ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -226,6 +237,7 @@ def _insert_notification(
     recipient: Recipient,
     event: Event,
     data: dict[str, Any],
+    priority: str,
     idempotency_key: str | None,
     fingerprint: str,
     body: dict[str, Any],
@@ -243,6 +255,7 @@ def _insert_notification(
                 recipient.external_id,
                 event.pk,
                 json.dumps(data),
+                priority,
                 idempotency_key,
                 fingerprint,
                 json.dumps(body),

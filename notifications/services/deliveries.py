@@ -24,7 +24,7 @@ from channels.base import (
 )
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
 from notifications.services import transitions
-from notifications.services.enqueue import enqueue_on_commit
+from notifications.services.enqueue import enqueue_on_commit, with_lanes
 from preferences import selectors as recipients
 from preferences.models import Device, Recipient
 from preferences.services import suppression_add
@@ -275,7 +275,7 @@ def failed_deliveries_replay(*, failed_ids: Iterable[int], replayed_by: str) -> 
             note={"replayedBy": replayed_by},
             reason="",
         )
-        enqueue_on_commit((delivery_id, channel) for delivery_id, channel, _ in moved)
+        enqueue_on_commit(with_lanes(delivery_id for delivery_id, _, _ in moved))
     return len(moved)
 
 
@@ -295,7 +295,7 @@ def sweep_stuck_deliveries(*, limit: int | None = None) -> int:
     """Re-enqueue deliveries whose lease ran out (lost message, broker down, dead worker)."""
     with transaction.atomic():
         requeued = transitions.requeue_expired(limit or settings.NOTIFY_SWEEP_BATCH)
-        enqueue_on_commit(requeued)
+        enqueue_on_commit(with_lanes(delivery_id for delivery_id, _ in requeued))
     if requeued:
         logger.warning("sweep re-enqueued %d stuck deliveries", len(requeued))
     return len(requeued)

@@ -8,6 +8,9 @@ from collections.abc import Iterable
 from celery import current_app
 from django.db import transaction
 
+from notifications.models import Delivery
+from preferences.models import Priority
+
 logger = logging.getLogger(__name__)
 
 TASK_BY_CHANNEL = {
@@ -18,8 +21,28 @@ TASK_BY_CHANNEL = {
 }
 
 
-def enqueue_deliveries(deliveries: Iterable[tuple[int, str]]) -> int:
-    """Publish one task per (delivery id, channel); returns how many were published.
+# (delivery id, channel, priority): what one delivery task message needs.
+QueuedDelivery = tuple[int, str, str]
+
+
+def queue_for(channel: str, priority: str) -> str:
+    """Transactional deliveries use the channel's queue, bulk ones its ``.bulk`` twin, so an
+    OTP never waits behind a broadcast's backlog."""
+    return channel if priority == Priority.TRANSACTIONAL else f"{channel}.bulk"
+
+
+def with_lanes(delivery_ids: Iterable[int]) -> list[QueuedDelivery]:
+    """The channel and priority of each delivery (one query), for re-enqueueing."""
+    return [
+        (pk, channel, priority)
+        for pk, channel, priority in Delivery.objects.filter(pk__in=list(delivery_ids))
+        .order_by("pk")
+        .values_list("pk", "channel", "notification__priority")
+    ]
+
+
+def enqueue_deliveries(deliveries: Iterable[QueuedDelivery]) -> int:
+    """Publish one task per delivery on its channel's lane; returns how many were published.
 
     A broker outage is logged, not raised: the rows are committed as ``queued`` with a lease,
     and the sweep re-enqueues them once the lease runs out, so nothing is lost.
@@ -30,9 +53,12 @@ def enqueue_deliveries(deliveries: Iterable[tuple[int, str]]) -> int:
     published = 0
     try:
         with current_app.producer_or_acquire() as producer:
-            for delivery_id, channel in items:
+            for delivery_id, channel, priority in items:
                 current_app.send_task(
-                    TASK_BY_CHANNEL[channel], args=(delivery_id,), producer=producer
+                    TASK_BY_CHANNEL[channel],
+                    args=(delivery_id,),
+                    queue=queue_for(channel, priority),
+                    producer=producer,
                 )
                 published += 1
     except Exception:
@@ -45,7 +71,7 @@ def enqueue_deliveries(deliveries: Iterable[tuple[int, str]]) -> int:
     return published
 
 
-def enqueue_on_commit(deliveries: Iterable[tuple[int, str]]) -> None:
+def enqueue_on_commit(deliveries: Iterable[QueuedDelivery]) -> None:
     items = list(deliveries)
     if items:
         transaction.on_commit(lambda: enqueue_deliveries(items))
