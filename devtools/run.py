@@ -1,10 +1,13 @@
 """`make run`: the whole service on this machine, and one notification sent through it.
 
-Prepares the database (migrate, collectstatic, the demo catalog and recipient, an API key),
-starts the fake SMTP relay, the API (gunicorn), one Celery worker per queue and beat, each in
-its own process group with its output prefixed by its name, waits until they all answer, sends
-a demo notification with curl and shows it delivered. Ctrl-C (or SIGTERM) stops every process
-it started. With --smoke it stops after the demo: exit 0 if the notification went through.
+Starts the local provider fakes (APNs, FCM, Twilio, Postmark; see devtools/fakes_env.py for
+the keys and settings they share with the service under .run/), runs `manage.py check` with the
+providers aimed at them, prepares the database (migrate, collectstatic, the demo catalog and
+recipient, an API key), starts the API (gunicorn), one Celery worker per queue and beat, each
+in its own process group with its output prefixed by its name, waits until they all answer,
+sends a demo notification to all four channels with curl and shows the receipts: push and
+in-app `sent`, email and SMS `delivered` by the fakes' webhooks. Ctrl-C (or SIGTERM) stops every
+process it started. With --smoke it stops after the demo: exit 0 if every channel got there.
 """
 
 from __future__ import annotations
@@ -30,14 +33,20 @@ from typing import IO, Any, NoReturn
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 QUEUES = ("push", "email", "sms", "inapp", "maintenance")
-DEMO = '{"userId":"demo-user","event":"order_shipped","data":{"orderId":"9912","eta":"tomorrow"}}'
-# Push has no provider yet: its delivery is skipped (channel_not_configured), by design.
-MUST_BE_SENT = ("email", "inapp")
+DEMO = (
+    '{"userId":"demo-user","event":"order_shipped","channels":["push","email","sms","inapp"],'
+    '"data":{"orderId":"9912","eta":"tomorrow"}}'
+)
+# Where each channel ends: APNs, FCM and the in-app inbox have no receipts, so "sent" is the
+# last word; Postmark and Twilio call back, so email and SMS must reach "delivered".
+EXPECTED = {"push": "sent", "email": "delivered", "sms": "delivered", "inapp": "sent"}
 START_TIMEOUT, DELIVERY_TIMEOUT, STOP_GRACE = 60.0, 60.0, 10.0
 
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 _output = threading.Lock()
+
+from devtools import fakes_env  # noqa: E402 (needs ROOT on sys.path)
 
 
 class RunError(Exception):
@@ -49,9 +58,11 @@ def say(text: str = "", name: str = "") -> None:
         print(f"{name:>18} | {text}" if name else text, flush=True)
 
 
-def _pump(name: str, stream: IO[str]) -> None:
+def _pump(name: str, stream: IO[str], ready_line: str, ready: threading.Event) -> None:
     for line in stream:
         say(line.rstrip(), name)
+        if ready_line and ready_line in line:
+            ready.set()
 
 
 class Supervisor:
@@ -62,14 +73,20 @@ class Supervisor:
         self.children: list[tuple[str, subprocess.Popen[str]]] = []
         self.readers: list[threading.Thread] = []
 
-    def start(self, name: str, argv: Sequence[str]) -> None:
+    def start(self, name: str, argv: Sequence[str], ready_line: str = "") -> threading.Event:
+        """Start ``argv``; the event is set once it prints ``ready_line``."""
         proc = subprocess.Popen(
             argv, cwd=ROOT, env=self.env, stdout=PIPE, stderr=STDOUT, text=True,
             start_new_session=True,
         )  # fmt: skip
         self.children.append((name, proc))
-        self.readers.append(threading.Thread(target=_pump, args=(name, proc.stdout), daemon=True))
-        self.readers[-1].start()
+        ready = threading.Event()
+        reader = threading.Thread(
+            target=_pump, args=(name, proc.stdout, ready_line, ready), daemon=True
+        )
+        self.readers.append(reader)
+        reader.start()
+        return ready
 
     def check_alive(self) -> None:
         for name, proc in self.children:
@@ -139,23 +156,34 @@ def port_answers(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def manage(env: dict[str, str], *args: str) -> str:
+def manage(env: dict[str, str], *args: str, failed: str = "") -> str:
     cmd = [sys.executable, "manage.py", *args]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     for line in (result.stderr + result.stdout).splitlines():
         say(line, args[0])
     if result.returncode != 0:
         raise RunError(
-            f"manage.py {' '.join(args)} failed (exit {result.returncode}); are PostgreSQL and "
-            "Redis running and does the database exist? (`make services` creates it)"
+            f"manage.py {' '.join(args)} failed (exit {result.returncode}); "
+            + (
+                failed
+                or "are PostgreSQL and Redis running and does the database exist? "
+                "(`make services` creates it)"
+            )
         )
     return result.stdout
 
 
-def start_all(sup: Supervisor, api_port: int, smtp_port: int, smtp_log: Path) -> None:
+def start_fakes(sup: Supervisor, fakes: list[fakes_env.Fake]) -> None:
+    started = [(fake, sup.start(fake.name, fake.argv, fake.ready)) for fake in fakes]
+    for fake, ready in started:
+        # The APNs fake writes its CA before it prints this line; the workers need that file.
+        wait_until(
+            f"the {fake.name} fake to print {fake.ready!r}", ready.is_set, sup, START_TIMEOUT
+        )
+
+
+def start_service(sup: Supervisor, api_port: int, run_dir: Path) -> None:
     python = sys.executable
-    smtp = ["--port", str(smtp_port), "--log", str(smtp_log)]
-    sup.start("smtp", [python, "-m", "devtools.fakes.smtp", *smtp])
     # No control socket: it sits at a fixed path in $HOME that a second gunicorn would share.
     bind = f"127.0.0.1:{api_port}"
     gunicorn = ["config.wsgi", "--bind", bind, "--workers", "2", "--no-control-socket"]
@@ -163,16 +191,18 @@ def start_all(sup: Supervisor, api_port: int, smtp_port: int, smtp_log: Path) ->
     # --quiet drops the start-up banner (20 lines per worker) that would bury the demo.
     celery = [python, "-m", "celery", "-A", "config", "--quiet"]
     for queue in QUEUES:
-        worker = ["-Q", queue, "-n", f"{queue}@%h", "--concurrency", "1"]
+        # Each channel's worker serves its transactional queue first, then its bulk lane
+        # (queue_order_strategy "priority" in settings); maintenance has no bulk twin.
+        lanes = queue if queue == "maintenance" else f"{queue},{queue}.bulk"
+        worker = ["-Q", lanes, "-n", f"{queue}@%h", "--concurrency", "1"]
         sup.start(f"worker-{queue}", [*celery, "worker", *worker, "--loglevel", "WARNING"])
-    schedule = str(RUN_DIR / "celerybeat-schedule")
+    schedule = str(run_dir / "celerybeat-schedule")
     sup.start("beat", [*celery, "beat", "--schedule", schedule, "--loglevel", "WARNING"])
 
 
-def wait_ready(sup: Supervisor, api: str, smtp_port: int) -> None:
+def wait_ready(sup: Supervisor, api: str) -> None:
     from config.celery import app
 
-    wait_until("the fake SMTP relay", lambda: port_answers(smtp_port), sup, START_TIMEOUT)
     health = (0, "")
 
     def healthy() -> bool:
@@ -196,7 +226,7 @@ def wait_ready(sup: Supervisor, api: str, smtp_port: int) -> None:
         return answered >= names
 
     wait_until(f"workers {', '.join(sorted(names))}", all_answer, sup, START_TIMEOUT)
-    say(f"API, SMTP relay, beat and {len(names)} workers are up; sending a notification:\n")
+    say(f"4 fakes, the API, beat and {len(names)} workers are up; sending a notification:\n")
 
 
 def send_demo(api: str, key: str) -> dict[str, Any]:
@@ -218,40 +248,75 @@ def send_demo(api: str, key: str) -> dict[str, Any]:
     return dict(json.loads(body))
 
 
-def wait_for_delivery(api: str, key: str, notification_id: str, sup: Supervisor) -> dict[str, Any]:
+def _states(notification: dict[str, Any]) -> dict[str, str]:
+    return {d["channel"]: d["status"] for d in notification.get("deliveries", [])}
+
+
+def wait_for_receipts(api: str, key: str, notification_id: str, sup: Supervisor) -> dict[str, Any]:
+    """The notification once every channel reached its expected status or gave up (failed,
+    skipped), or as last seen when DELIVERY_TIMEOUT runs out."""
     seen: dict[str, Any] = {}
-
-    def states() -> dict[str, str]:
-        return {d["channel"]: d["status"] for d in seen.get("deliveries", [])}
-
-    def settled() -> bool:
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while time.monotonic() < deadline:
+        sup.check_alive()
         status, body = http(f"{api}/api/notifications/{notification_id}", key)
         if status == 200:
-            seen.update(json.loads(body))
-        return all(states().get(c) not in ("queued", "sending", None) for c in MUST_BE_SENT)
-
-    try:
-        wait_until(f"the {' and '.join(MUST_BE_SENT)} deliveries", settled, sup, DELIVERY_TIMEOUT)
-    except RunError as exc:
-        raise RunError(f"{exc}; last seen:\n{json.dumps(seen, indent=2)}") from None
-    if any(states()[channel] != "sent" for channel in MUST_BE_SENT):
-        raise RunError(f"the demo notification was not sent:\n{json.dumps(seen, indent=2)}")
+            seen = json.loads(body)
+        states = _states(seen)
+        if all(states.get(c) in (want, "failed", "skipped") for c, want in EXPECTED.items()):
+            break
+        time.sleep(0.25)
     return seen
 
 
-def relayed_subject(log: Path, message_id: str) -> str:
-    for line in log.read_text().splitlines() if log.exists() else []:
-        record = json.loads(line)
-        if record.get("messageId") == message_id:
-            return f"{record['subject']!r} to {', '.join(record['to'])}"
-    raise RunError(f"the fake SMTP relay has no message {message_id} in {log}")
+def compact(notification_id: str, notification: dict[str, Any]) -> str:
+    """The notification as JSON, one line per delivery: status, provider, message id, and for
+    push the outcome per device."""
+    from notifications.models import Delivery
+
+    # The API does not show the per-device outcomes; the delivery row keeps them.
+    devices = (
+        Delivery.objects.filter(notification_id=notification_id, channel="push")
+        .values_list("results", flat=True)
+        .first()
+    )
+    order = list(EXPECTED)
+    lines = []
+    for d in sorted(notification.get("deliveries", []), key=lambda d: order.index(d["channel"])):
+        shown = {k: d[k] for k in ("channel", "status", "provider", "providerMessageId")}
+        shown.update({k: d[k] for k in ("reason", "lastError") if d.get(k)})
+        if d["channel"] == "push":
+            shown["devices"] = devices or {}
+        lines.append(json.dumps(shown, ensure_ascii=False))
+    head = "".join(
+        f"  {json.dumps(k)}: {json.dumps(notification.get(k))},\n" for k in ("id", "event")
+    )
+    return "{\n" + head + '  "deliveries": [\n    ' + ",\n    ".join(lines) + "\n  ]\n}"
 
 
-def print_usage(api: str, key: str, notification_id: str) -> None:
+def check_receipts(notification: dict[str, Any]) -> None:
+    states = _states(notification)
+    unmet = [
+        f"{channel} is {states.get(channel, 'missing')!r} (expected {want!r})"
+        for channel, want in EXPECTED.items()
+        if states.get(channel) != want
+    ]
+    if unmet:
+        gave_up = any(states.get(channel) in ("failed", "skipped") for channel in EXPECTED)
+        within = "" if gave_up else f" within {DELIVERY_TIMEOUT:.0f}s"
+        raise RunError(
+            f"the demo notification did not go through{within}: {'; '.join(unmet)}. The "
+            "notification as last seen is above; the fakes' output and JSONL logs say what "
+            "they were asked and answered."
+        )
+
+
+def print_usage(api: str, key: str, notification_id: str, wiring: fakes_env.Wiring) -> None:
     auth = f'-H "Authorization: Api-Key {key}"'
     json_type = '-H "Content-Type: application/json"'
     database_url = os.environ.get("DATABASE_URL")
     env_prefix = f"DATABASE_URL={database_url} " if database_url else ""
+    fake_logs = "\n".join(f"  {fake.name:<9} {_shown(fake.log)}" for fake in wiring.fakes)
     say(f"""
 The service is running. API key (only its hash is stored; make more with
 `.venv/bin/python manage.py create_api_key <name>`):
@@ -262,23 +327,34 @@ Try it:
   curl -sS -X POST {api}/api/notify {auth} {json_type} -H "Idempotency-Key: order:9913" \\
     -d '{{"userId":"demo-user","event":"order_shipped","data":{{"orderId":"9913"}}}}'
   curl -sS {api}/api/notifications/{notification_id} {auth}
-  curl -sS "{api}/api/notifications?userId=demo-user&status=sent" {auth}
+  curl -sS "{api}/api/notifications?userId=demo-user&status=delivered" {auth}
   curl -sS -X PUT {api}/api/recipients/u-42 {auth} {json_type} \\
     -d '{{"email":"u42@example.com","locale":"pt-BR"}}'
-  curl -sS {api}/api/recipients/u-42 {auth}
 
 API docs (OpenAPI): {api}/api/docs/
 Admin:              {api}/admin/   (a login: {env_prefix}.venv/bin/python manage.py createsuperuser)
-Mail received by the fake SMTP relay: {RUN_DIR / "smtp.jsonl"}
+What each fake received (JSONL; the address or token picks its answer, see docs/providers/):
+{fake_logs}
+The provider settings, for a shell of your own: set -a; . {_shown(wiring.env_file)}
 
 Ctrl-C stops everything.""")
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--api-port", type=int, default=8000)
-    parser.add_argument("--smtp-port", type=int, default=2525)
-    parser.add_argument("--smoke", action="store_true", help="stop after the demo; exit 0 if sent")
+    for name, port in fakes_env.PORTS.items():
+        parser.add_argument(f"--{name}-port", type=int, default=port, help=f"the {name} fake")
+    parser.add_argument(
+        "--run-dir", type=Path, default=RUN_DIR, help="keys, logs and settings (default .run/)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="stop after the demo; exit 0 if it went through"
+    )
     args = parser.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: it is ignored in background jobs
         signal.signal(sig, _interrupt)
@@ -290,40 +366,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     database = settings.DATABASES["default"]
     say(f"database {database['NAME']} on {database['HOST']}:{database['PORT']}, "
         f"broker {settings.CELERY_BROKER_URL}")  # fmt: skip
-    for port, option in ((args.api_port, "--api-port"), (args.smtp_port, "--smtp-port")):
-        if port_answers(port):
-            say(f"make run failed: port {port} is in use; choose another with {option}")
+    ports = {"api": args.api_port} | {
+        name: getattr(args, f"{name}_port") for name in fakes_env.PORTS
+    }
+    for name, port in ports.items():
+        if list(ports.values()).count(port) > 1 or port_answers(port):
+            taken = "given twice" if list(ports.values()).count(port) > 1 else "in use"
+            say(f"make run failed: port {port} is {taken}; choose another with --{name}-port")
             return 1
+    run_dir = args.run_dir.resolve()
+    wiring = fakes_env.prepare(run_dir, api_port=args.api_port, ports=ports)
     env = {
         **os.environ,
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "EMAIL_URL": f"smtp://127.0.0.1:{args.smtp_port}",
         "PYTHONUNBUFFERED": "1",
+        **wiring.env,
     }
     api = f"http://127.0.0.1:{args.api_port}"
-    smtp_log = RUN_DIR / "smtp.jsonl"
-    RUN_DIR.mkdir(exist_ok=True)
-    smtp_log.unlink(missing_ok=True)
     sup = Supervisor(env)
     demo_done = False
     try:
+        start_fakes(sup, wiring.fakes)
+        manage(env, "check", failed="a provider is misconfigured; the check says which setting")
         manage(env, "migrate", "--noinput")
         manage(env, "collectstatic", "--noinput")
         manage(env, "seed_demo")
         key = manage(env, "create_api_key", "demo").strip().splitlines()[-1]
-        start_all(sup, args.api_port, args.smtp_port, smtp_log)
-        wait_ready(sup, api, args.smtp_port)
+        start_service(sup, args.api_port, run_dir)
+        wait_ready(sup, api)
         accepted = send_demo(api, key)
-        notification = wait_for_delivery(api, key, accepted["id"], sup)
-        say(f"\nGET /api/notifications/{accepted['id']}\n{json.dumps(notification, indent=2)}")
-        email = next(d for d in notification["deliveries"] if d["channel"] == "email")
-        received = relayed_subject(smtp_log, email["providerMessageId"])
-        say(f"\nThe fake SMTP relay received {received}")
+        notification_id = accepted["id"]
+        notification = wait_for_receipts(api, key, notification_id, sup)
+        shown = compact(notification_id, notification)
+        say(f"\nGET /api/notifications/{notification_id} (in short)\n{shown}\n")
+        for name, line in fakes_env.received(wiring.fakes):
+            say(f"The {name} fake received {line}")
+        check_receipts(notification)
         demo_done = True
         if args.smoke:
-            say("smoke run passed: the demo notification was sent")
+            say("smoke run passed: push and in-app sent, email and SMS delivered")
             return 0
-        print_usage(api, key, accepted["id"])
+        print_usage(api, key, notification_id, wiring)
         while True:
             sup.check_alive()
             time.sleep(0.5)

@@ -1,5 +1,6 @@
 """The README's first command works: `devtools/run.py` (what `make run` runs) brings the whole
-service up, gets the demo notification sent, and leaves nothing running when it stops."""
+service up with the four provider fakes, gets the demo notification through every channel with
+the real client libraries (receipts included), and leaves nothing running when it stops."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ SMOKE_DB = "notifications_smoke"
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{SMOKE_DB}"
 BROKER_URL = "redis://127.0.0.1:6379/14"
 TIMEOUT = 180
+FAKES = ("apns", "fcm", "twilio", "postmark")
 
 
 def _create_database() -> None:
@@ -62,7 +64,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 def _shown_notification(output: str) -> dict[str, Any]:
-    """The pretty JSON run.py prints after ``GET /api/notifications/<id>``."""
+    """The JSON run.py prints after ``GET /api/notifications/<id>``."""
     _, _, rest = output.partition("\nGET /api/notifications/")
     start = rest.index("\n{")
     end = rest.index("\n}\n", start)
@@ -70,14 +72,17 @@ def _shown_notification(output: str) -> dict[str, Any]:
 
 
 @pytest.mark.integration
-def test_make_run_smoke_sends_the_demo_and_stops_everything() -> None:
+def test_make_run_smoke_sends_the_demo_to_every_channel_and_stops_everything(
+    tmp_path: Path,
+) -> None:
     _create_database()
-    api_port, smtp_port = _free_port(), _free_port()
+    ports = {name: _free_port() for name in ("api", *FAKES)}
     env = {**os.environ, "DATABASE_URL": DATABASE_URL, "CELERY_BROKER_URL": BROKER_URL}
     # pytest-django points this at the test settings; `make run` uses config.settings.
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    argv = [sys.executable, "devtools/run.py", "--smoke"]
-    argv += ["--api-port", str(api_port), "--smtp-port", str(smtp_port)]
+    argv = [sys.executable, "devtools/run.py", "--smoke", "--run-dir", str(tmp_path / "run")]
+    for name, port in ports.items():
+        argv += [f"--{name}-port", str(port)]
     run = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -90,12 +95,32 @@ def test_make_run_smoke_sends_the_demo_and_stops_everything() -> None:
         pytest.fail(f"run.py --smoke took over {TIMEOUT}s:\n{output[-6000:]}")
 
     assert run.returncode == 0, output[-6000:]
+    assert "System check identified no issues" in output
     assert "HTTP 202" in output
-    statuses = {d["channel"]: d["status"] for d in _shown_notification(output)["deliveries"]}
-    assert statuses == {"email": "sent", "inapp": "sent", "push": "skipped"}
-    assert "The fake SMTP relay received 'Your order 9912 has shipped'" in output
+    deliveries = {d["channel"]: d for d in _shown_notification(output)["deliveries"]}
+    statuses = {channel: d["status"] for channel, d in deliveries.items()}
+    assert statuses == {"push": "sent", "email": "delivered", "sms": "delivered", "inapp": "sent"}
+    push = deliveries["push"]
+    assert set(push["provider"].split("+")) == {"apns", "fcm"}
+    assert {token: r["status"] for token, r in push["devices"].items()} == {
+        "demo-apns-token": "sent",
+        "demo-fcm-token": "sent",
+    }
+    assert push["providerMessageId"] in {r["messageId"] for r in push["devices"].values()}
+    assert deliveries["email"]["provider"] == "postmark"
+    assert deliveries["sms"]["provider"] == "twilio"
+    assert deliveries["sms"]["providerMessageId"].startswith("SM")
+    for delivery in deliveries.values():
+        assert delivery["providerMessageId"], delivery
+    assert "demo-apns-token → 200 apns-id" in output
+    assert "demo-fcm-token → 200 projects/demo-project/messages/" in output
+    assert f"→ 201 {deliveries['sms']['providerMessageId']}" in output
+    assert f"'Your order 9912 has shipped' → 200 {deliveries['email']['providerMessageId']}" in (
+        output
+    )
     assert "smoke run passed" in output
-    assert not _listening(api_port), "something still listens on the API port"
-    assert not _listening(smtp_port), "something still listens on the SMTP port"
-    assert _processes_mentioning(f"127.0.0.1:{api_port}") == []
-    assert _processes_mentioning(f"--port {smtp_port}") == []
+    for name, port in ports.items():
+        assert not _listening(port), f"something still listens on the {name} port {port}"
+    assert _processes_mentioning(f"127.0.0.1:{ports['api']}") == []
+    for name in FAKES:
+        assert _processes_mentioning(f"--port {ports[name]}") == [], name

@@ -55,6 +55,8 @@ class DeliverySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     failedAt = serializers.DateTimeField(source="failed_at")
     skippedAt = serializers.DateTimeField(source="skipped_at")
     transitions = serializers.JSONField(source="history")
+    # Per destination (each push device token): {"status", "messageId"?, "error"?}.
+    destinations = serializers.JSONField(source="results")
 
     class Meta:
         model = Delivery
@@ -75,6 +77,7 @@ class DeliverySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
             "failedAt",
             "skippedAt",
             "transitions",
+            "destinations",
         ]
 
 

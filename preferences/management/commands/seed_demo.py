@@ -7,19 +7,39 @@ from django.core.management.base import BaseCommand
 
 from preferences.models import Device, Recipient
 
+# What the local fakes (devtools/fakes/) deliver: their answer depends on the address, number or
+# token, and none of these asks for a failure. The phone is outside the Twilio fake's +1555010xxxx
+# failure numbers, and (unlike those) a valid number, so the admin and the API accept it too.
+DEMO_EMAIL = "demo@example.com"
+DEMO_PHONE = "+14155550100"
+DEMO_DEVICES = (
+    (Device.Platform.APNS, "demo-apns-token"),
+    (Device.Platform.FCM, "demo-fcm-token"),
+)
+
 
 class Command(BaseCommand):
-    help = "Load the catalog and a demo recipient (userId 'demo-user') for trying the API."
+    help = (
+        "Load the catalog and a demo recipient (userId 'demo-user', with an email address, a "
+        "phone number, an APNs and an FCM device) for trying the API."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("load_catalog", stdout=self.stdout)
         recipient, _ = Recipient.objects.update_or_create(
             external_id="demo-user",
-            defaults={"email": "demo@example.com", "phone": "+14155550100", "locale": "en"},
+            defaults={"email": DEMO_EMAIL, "phone": DEMO_PHONE, "locale": "en"},
         )
-        Device.objects.get_or_create(
-            platform=Device.Platform.FCM,
-            token="demo-fcm-token",  # noqa: S106 (a push token, not a secret)
-            defaults={"recipient": recipient},
-        )
+        for platform, token in DEMO_DEVICES:
+            # Reactivated on every run: a demo that pruned its own device should not stay broken.
+            Device.objects.update_or_create(
+                platform=platform,
+                token=token,
+                defaults={
+                    "recipient": recipient,
+                    "active": True,
+                    "deactivated_at": None,
+                    "deactivation_reason": "",
+                },
+            )
         self.stdout.write("demo recipient 'demo-user' ready")
