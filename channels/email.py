@@ -80,6 +80,10 @@ class EmailProvider:
             _raise_for_smtp_code(smtp_code, smtp_text, provider, address, exc)
         except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
             _raise_for_smtp_code(exc.smtp_code, exc.smtp_error, provider, None, exc)
+        except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError) as exc:
+            # Wrong EMAIL_URL credentials or a server without the auth we need: retrying
+            # cannot help, an operator must fix the settings.
+            raise ProviderConfigurationError(f"{provider}: {exc}") from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             # Disconnects, refused connections and timeouts: the server may be back soon.
             raise TransientDeliveryError(f"{type(exc).__name__}: {exc}", provider=provider) from exc

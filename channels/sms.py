@@ -80,9 +80,9 @@ class SMSProvider:
         if settings.TWILIO_STATUS_CALLBACK_URL:
             # Our delivery id rides in the callback URL, so a callback that beats our own
             # "sent" bookkeeping (the SM sid is not stored yet) still finds its delivery.
-            sender["status_callback"] = (
-                f"{settings.TWILIO_STATUS_CALLBACK_URL}?deliveryId={message.delivery_id}"
-            )
+            url = settings.TWILIO_STATUS_CALLBACK_URL
+            joiner = "&" if "?" in url else "?"
+            sender["status_callback"] = f"{url}{joiner}deliveryId={message.delivery_id}"
         client = _client(
             settings.TWILIO_ACCOUNT_SID,
             settings.TWILIO_AUTH_TOKEN,

@@ -134,7 +134,7 @@ NOTIFY_PROVIDERS = {
     "sms": env.str("NOTIFY_PROVIDER_SMS", default=""),
 }
 # The push channel sends each device through its platform's sender; a platform left empty is
-# not configured and its devices are skipped (reason "platform_not_configured").
+# not configured and its devices are left out (a recipient with no other device: "no_device").
 NOTIFY_PUSH_SENDERS = {
     "apns": env.str("NOTIFY_PUSH_APNS", default="channels.apns.APNsSender"),
     "fcm": env.str("NOTIFY_PUSH_FCM", default="channels.fcm.FCMSender"),
@@ -150,6 +150,19 @@ NOTIFY_SWEEP_BATCH = env.int("NOTIFY_SWEEP_BATCH", default=1000)
 # Events and templates are cached per process this long on the accept path.
 NOTIFY_CATALOG_CACHE_SECONDS = env.float("NOTIFY_CATALOG_CACHE_SECONDS", default=5.0)
 NOTIFY_PROVIDER_TIMEOUT_SECONDS = env.float("NOTIFY_PROVIDER_TIMEOUT_SECONDS", default=10.0)
+
+# --- Retention of the notification log (docs/sizing.md) ----------------------------------------
+# Notifications older than this, with their deliveries and dead letters, are deleted by a beat
+# task in batches; 0 keeps them forever. Inbox messages are kept (the inbox is the recipient's).
+NOTIFY_RETENTION_DAYS = env.int("NOTIFY_RETENTION_DAYS", default=30)
+# Notifications per batch, one short transaction each (a batch of 5,000 holds its locks ~0.5 s).
+NOTIFY_RETENTION_BATCH = env.int("NOTIFY_RETENTION_BATCH", default=5000)
+NOTIFY_RETENTION_INTERVAL_SECONDS = env.int("NOTIFY_RETENTION_INTERVAL_SECONDS", default=600)
+# A run stops starting batches after this long; interval and budget together bound how many
+# rows an hour the purge can remove (docs/sizing.md has the measured rate to size them).
+NOTIFY_RETENTION_TIME_BUDGET_SECONDS = env.float(
+    "NOTIFY_RETENTION_TIME_BUDGET_SECONDS", default=120.0
+)
 
 # --- Push: APNs (token auth, HTTP/2) ---------------------------------------------------------
 APNS_KEY_ID = env.str("APNS_KEY_ID", default="")
@@ -181,7 +194,8 @@ TWILIO_API_BASE = env.str("TWILIO_API_BASE", default="")
 # --- Email (django-anymail or any Django email backend) --------------------------------------
 # EMAIL_URL picks a plain backend (consolemail://, smtp://host:port, smtp+tls://...);
 # EMAIL_BACKEND overrides it, e.g. anymail.backends.postmark.EmailBackend.
-vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+# An empty EMAIL_URL (docker compose passes unset variables as "") means the default too.
+vars().update(env.email_url_config(env.str("EMAIL_URL", default="") or "consolemail://"))
 if env.str("EMAIL_BACKEND", default=""):
     EMAIL_BACKEND = env.str("EMAIL_BACKEND")
 EMAIL_TIMEOUT = int(NOTIFY_PROVIDER_TIMEOUT_SECONDS)
@@ -216,7 +230,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # A worker consuming "email,email.bulk" always drains the transactional queue first
     # (Redis transport; kombu's default round-robin would alternate between them).
-    "queue_order_strategy": "priority",
+    "queue_order_strategy": env.str("CELERY_QUEUE_ORDER_STRATEGY", default="priority"),
     # Must exceed the longest retry countdown, or Redis hands an unacked retry to a second
     # worker (harmless thanks to the claim, but wasted work).
     "visibility_timeout": max(3600, NOTIFY_RETRY_BACKOFF_MAX * 2),
@@ -227,6 +241,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "notifications.tasks.sweep_stuck_deliveries",
         "schedule": float(NOTIFY_SWEEP_INTERVAL_SECONDS),
     },
+    "purge-expired-notifications": {
+        "task": "notifications.tasks.purge_expired_notifications",
+        "schedule": float(NOTIFY_RETENTION_INTERVAL_SECONDS),
+        # A run missed while the maintenance worker was down is not worth queueing: the next
+        # one deletes the same rows.
+        "options": {"expires": float(NOTIFY_RETENTION_INTERVAL_SECONDS)},
+    },
 }
 # Celery closes the DB connection around every task unless told to reuse it (celery#9824).
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
@@ -236,4 +257,5 @@ CELERY_TASK_ROUTES = {
     "notifications.tasks.deliver_sms": {"queue": "sms"},
     "notifications.tasks.deliver_inapp": {"queue": "inapp"},
     "notifications.tasks.sweep_stuck_deliveries": {"queue": "maintenance"},
+    "notifications.tasks.purge_expired_notifications": {"queue": "maintenance"},
 }

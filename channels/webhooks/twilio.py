@@ -117,7 +117,8 @@ def _signed(request: HttpRequest, public_url: str) -> bool:
     if public_url:
         # Twilio signs the exact URL it called, query string included (our ?deliveryId=).
         query = request.META.get("QUERY_STRING", "")
-        url = f"{public_url}?{query}" if query else public_url
+        base = public_url.split("?", 1)[0]
+        url = f"{base}?{query}" if query else public_url
     valid = RequestValidator(settings.TWILIO_AUTH_TOKEN).validate(url, request.POST, signature)
     if not valid:
         logger.warning("Twilio webhook with a bad signature for %s", url)

@@ -37,8 +37,9 @@ def delivery_receipt_apply(receipt: Receipt) -> int | None:
     """Apply a receipt to its delivery (by our id when the provider echoed it, else by the
     provider's message id); returns the delivery id, or None if unknown.
 
-    Statuses only move forward: a duplicate or late receipt changes nothing and is not
-    recorded twice. Engagement events (opens, clicks) are appended to the history only.
+    Statuses only move forward: a duplicate or late status receipt changes nothing and is not
+    recorded twice. Other events (opens, clicks, a provider's intermediate statuses) are
+    appended to the history each time they arrive.
     """
     delivery_id = _find_delivery(receipt)
     with transaction.atomic():
