@@ -17,6 +17,7 @@ from channels.base import (
     DestinationOutcome,
     OutboundMessage,
     PermanentDeliveryError,
+    ProviderConfigurationError,
     ProviderResult,
     TransientDeliveryError,
 )
@@ -82,6 +83,10 @@ class PushProvider:
             except TransientDeliveryError as exc:
                 # Keep going: the other devices should not wait for this one's retry.
                 first_transient = first_transient or exc
+            except ProviderConfigurationError as exc:
+                # Loud (dead letter), but remember who was already reached this attempt.
+                exc.partial = outcomes  # type: ignore[attr-defined]
+                raise
             else:
                 outcomes[token] = DestinationOutcome("sent", message_id=message_id)
         provider = "+".join(used) or self.name

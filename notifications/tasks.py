@@ -31,11 +31,15 @@ class DeliveryTask(Task):  # type: ignore[misc]
         if delivery_id is None and args:
             delivery_id = args[0]
         if delivery_id is not None:
+            # Devices a push fan-out reached before the failure are kept, so a replay
+            # does not send to them again.
+            partial = getattr(exc, "partial", None) or {}
             services.delivery_dead_letter(
                 delivery_id=int(delivery_id),
                 error=exc,
                 traceback=str(einfo),
                 task_name=self.name,
+                results={token: outcome.as_json() for token, outcome in partial.items()},
             )
 
 
@@ -72,3 +76,14 @@ def deliver_inapp(self: Task, delivery_id: int) -> str:
 @shared_task(ignore_result=True)
 def sweep_stuck_deliveries() -> int:
     return services.sweep_stuck_deliveries()
+
+
+@shared_task(ignore_result=True)
+def purge_expired_notifications() -> int:
+    """Retention (docs/sizing.md): one time-boxed run of batched deletes; beat repeats it."""
+    from notifications.services import retention
+
+    older_than = retention.retention_period()
+    if older_than is None:  # NOTIFY_RETENTION_DAYS=0: keep the log forever
+        return 0
+    return retention.purge_expired_notifications(older_than=older_than).notifications

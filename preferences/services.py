@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
+from django.db.models.expressions import RawSQL
 
 from preferences.models import (
     Category,
@@ -33,14 +34,28 @@ def recipient_erase(*, recipient: Recipient) -> None:
     """Erase personal data: the profile, devices, rules and inbox go; the log stays, anonymous.
 
     Notification rows keep their event and delivery statuses (for statistics and audits) but
-    lose the payload, the rendered content and the link to the person. The stored accept
-    answer (the notification id and each channel's status) holds nothing personal and stays,
-    so a caller retrying an old request with its idempotency key still gets the same answer.
+    lose the payload, the rendered content, per-device results (tokens), provider error texts
+    (which quote addresses) and the link to the person. The stored accept answer (the
+    notification id and each channel's status) holds nothing personal and stays, so a caller
+    retrying an old request with its idempotency key still gets the same answer. Suppressions
+    are kept: they exist so that an address is never written to again.
     """
-    from notifications.models import Delivery, Notification
+    from notifications.models import Delivery, FailedDelivery, Notification
 
     notifications = Notification.objects.filter(recipient=recipient)
-    Delivery.objects.filter(notification__in=notifications).update(content={})
+    deliveries = Delivery.objects.filter(notification__in=notifications)
+    FailedDelivery.objects.filter(delivery__in=deliveries).update(error_message="", traceback="")
+    deliveries.update(
+        content={},
+        results={},
+        last_error="",
+        # Statuses and times stay; what a provider said (errors, ids, receipts' details) goes.
+        history=RawSQL(
+            "(SELECT COALESCE(jsonb_agg(entry - 'error' - 'detail' - 'messageId'), '[]')"
+            " FROM jsonb_array_elements(history) AS entry)",
+            (),
+        ),
+    )
     notifications.update(data={}, external_user_id="")
     recipient.delete()  # cascades to devices, preferences and inbox messages
 

@@ -311,3 +311,18 @@ def test_dead_letter_leaves_finished_deliveries_alone(order_shipped):
 
     assert moved is False
     assert not FailedDelivery.objects.exists()
+
+
+def test_a_configuration_error_mid_fan_out_keeps_the_devices_already_reached(
+    order_shipped, push_sender
+):
+    first = DeviceFactory(platform=Device.Platform.APNS, token="t-ok")
+    DeviceFactory(platform=Device.Platform.APNS, token="t-conf", recipient=first.recipient)
+    push_sender.verdicts["t-conf"] = "misconfigured"
+    delivery = _queued(first.recipient, order_shipped, "push")
+
+    assert deliver_push.apply(args=[delivery.pk]).failed()
+
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.FAILED
+    assert delivery.results == {"t-ok": {"status": "sent", "messageId": "apns-id-t-ok"}}

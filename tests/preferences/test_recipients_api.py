@@ -285,3 +285,37 @@ def test_an_idempotent_retry_after_erasure_still_gets_the_original_answer(
     # Without the key the user is simply unknown now.
     fresh = {**request, "idempotencyKey": "k-45"}
     assert api_client.post("/api/notify", fresh, format="json").status_code == 404
+
+
+def test_erasure_scrubs_provider_texts_tokens_and_dead_letters(api_client, order_shipped):
+    from notifications.models import FailedDelivery
+
+    recipient = RecipientFactory(external_id="u-46", email="ana@example.com")
+    accepted = api_client.post(
+        "/api/notify", {"userId": "u-46", "event": "order_shipped"}, format="json"
+    ).json()
+    email = Delivery.objects.get(notification_id=accepted["id"], channel="email")
+    Delivery.objects.filter(pk=email.pk).update(
+        status="failed",
+        results={"token-1": {"status": "dead", "error": "410"}},
+        last_error="550 <ana@example.com> unknown",
+        history=[
+            {"status": "queued", "at": "t0", "attempt": 0},
+            {"status": "failed", "at": "t1", "attempt": 1, "error": "550 <ana@example.com>"},
+        ],
+    )
+    FailedDelivery.objects.create(
+        delivery=email, error_class="X", error_message="550 <ana@example.com>", traceback="tb"
+    )
+
+    assert api_client.delete("/api/recipients/u-46").status_code == 204
+
+    email.refresh_from_db()
+    assert (email.results, email.last_error, email.content) == ({}, "", {})
+    assert email.history == [
+        {"status": "queued", "at": "t0", "attempt": 0},
+        {"status": "failed", "at": "t1", "attempt": 1},
+    ]
+    letter = FailedDelivery.objects.get(delivery=email)
+    assert (letter.error_message, letter.traceback) == ("", "")
+    assert recipient.email not in str(api_client.get(f"/api/notifications/{accepted['id']}").json())
