@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection
 from rest_framework.test import APIClient
 from rest_framework_api_key.models import APIKey
 
@@ -16,7 +13,7 @@ from channels.base import Channel
 from devtools.fakes.smtp import FakeSMTPServer
 from preferences.models import Event
 from tests.factories import CategoryFactory, EventFactory, TemplateFactory, create_api_key
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, running_workers
 
 QUEUES = ("push", "email", "sms", "inapp", "maintenance")
 
@@ -99,30 +96,13 @@ def smtp_relay() -> Iterator[FakeSMTPServer]:
 @pytest.fixture(scope="module")
 def workers(
     django_db_setup: None,
-    django_db_blocker: Any,
     smtp_relay: FakeSMTPServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, WorkerProcess]]:
     """One real `celery worker -Q <queue>` process per queue, on the test database and broker."""
-    with django_db_blocker.unblock():
-        database_name = connection.settings_dict["NAME"]
-    db = settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{database_name}",
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "EMAIL_URL": f"smtp://127.0.0.1:{smtp_relay.port}",
-    }
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
-    log_dir = tmp_path_factory.mktemp("workers")
-    started = {
-        queue: WorkerProcess(queue, env, log_dir) for queue in ("email", "inapp", "maintenance")
-    }
-    try:
-        for worker in started.values():
-            worker.wait_ready()
+    with running_workers(
+        ("email", "inapp", "maintenance"),
+        tmp_path_factory.mktemp("workers"),
+        EMAIL_URL=f"smtp://127.0.0.1:{smtp_relay.port}",
+    ) as started:
         yield started
-    finally:
-        for worker in started.values():
-            worker.stop()

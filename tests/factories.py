@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import factory
+from django.utils import timezone
 from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
-from notifications.models import Template
+from notifications.models import Delivery, DeliveryStatus, Notification, Template
 from preferences.models import Category, Device, Event, Preference, Recipient
 
 
@@ -65,6 +68,39 @@ class PreferenceFactory(factory.django.DjangoModelFactory):
     category = None
     channel = None
     enabled = False
+
+
+class NotificationFactory(factory.django.DjangoModelFactory):
+    """A notification as if accepted: its own API key, the recipient's user id."""
+
+    class Meta:
+        model = Notification
+
+    api_key = factory.LazyFunction(lambda: create_api_key()[0])
+    recipient = factory.SubFactory(RecipientFactory)
+    external_user_id = factory.LazyAttribute(lambda n: n.recipient.external_id)
+    event = factory.SubFactory(EventFactory)
+    request_fingerprint = "x"
+
+
+class DeliveryFactory(factory.django.DjangoModelFactory):
+    """A delivery waiting for its task: queued, leased for a few minutes, content rendered.
+
+    Made in another status (sending, sent, failed) it has no lease unless given one.
+    """
+
+    class Meta:
+        model = Delivery
+
+    notification = factory.SubFactory(NotificationFactory)
+    channel = Channel.EMAIL
+    status = DeliveryStatus.QUEUED
+    content = factory.LazyFunction(lambda: {"subject": "Hi", "body": "Body"})
+    lease_until = factory.LazyAttribute(
+        lambda d: (
+            timezone.now() + timedelta(minutes=5) if d.status == DeliveryStatus.QUEUED else None
+        )
+    )
 
 
 def create_api_key(name: str = "tests") -> tuple[APIKey, str]:

@@ -1,4 +1,5 @@
-"""Real Celery worker processes for integration tests, and waiting on observable conditions."""
+"""Child processes for integration tests (Celery workers, standalone provider fakes) and waiting
+on observable conditions."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import redis
+from django.conf import settings
+from django.db import connection
+
 from config.celery import app
+from notifications.models import Delivery, DeliveryStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -86,3 +93,77 @@ class WorkerProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
         self._log.close()
+
+
+def test_database_url() -> str:
+    """The pytest test database (``test_…``, once django_db_setup ran) as a DATABASE_URL."""
+    db = settings.DATABASES["default"]
+    name = connection.settings_dict["NAME"]
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{name}"
+
+
+test_database_url.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
+
+
+def worker_env(**overrides: str) -> dict[str, str]:
+    """The environment of a child process on the test settings, database and broker."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings_test",
+        "DATABASE_URL": test_database_url(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        **overrides,
+    }
+
+
+@contextmanager
+def running_workers(
+    queues: Iterable[str], log_dir: Path, **env_overrides: str
+) -> Iterator[dict[str, WorkerProcess]]:
+    """One worker per queue on an emptied broker, all started before any is waited for."""
+    env = worker_env(**env_overrides)
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    started: dict[str, WorkerProcess] = {}
+    try:
+        for queue in queues:
+            started[queue] = WorkerProcess(queue, env, log_dir)
+        for worker in started.values():
+            worker.wait_ready()
+        yield started
+    finally:
+        for worker in started.values():
+            worker.stop()
+
+
+@contextmanager
+def running_worker(queue: str, log_dir: Path, **env_overrides: str) -> Iterator[WorkerProcess]:
+    """``celery worker -Q <queue>`` on an emptied broker, ready, stopped on exit."""
+    with running_workers([queue], log_dir, **env_overrides) as started:
+        yield started[queue]
+
+
+def settled_delivery(
+    notification_id: str,
+    channel: str,
+    statuses: Collection[str] = (DeliveryStatus.SENT, DeliveryStatus.FAILED),
+) -> Delivery | None:
+    """The notification's delivery on ``channel`` once its status is one of ``statuses``."""
+    delivery = Delivery.objects.get(notification_id=notification_id, channel=channel)
+    return delivery if delivery.status in statuses else None
+
+
+@contextmanager
+def standalone_fake(name: str, *options: str) -> Iterator[int]:
+    """``python -m devtools.fakes.<name> --port=0 …`` as a demo runs it; yields the port it took.
+
+    Stopped on exit, where it must exit cleanly.
+    """
+    command = [sys.executable, "-m", f"devtools.fakes.{name}", "--port=0", *options]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith(f"fake {name} on 127.0.0.1:"), line
+        yield int(line.rsplit(":", 1)[1])
+    finally:
+        process.terminate()
+        assert process.wait(timeout=15) == 0

@@ -17,9 +17,9 @@ from django.utils import timezone
 
 from devtools.fakes.postmark import DEFAULT_TOKEN, FakePostmark
 from notifications import services
-from notifications.models import Delivery, DeliveryStatus, Notification
+from notifications.models import Delivery, DeliveryStatus
 from preferences.models import Suppression
-from tests.factories import RecipientFactory, create_api_key
+from tests.factories import DeliveryFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -144,19 +144,11 @@ def webhook_secret(settings: Any) -> None:
 @pytest.fixture
 def sent(order_shipped: Any) -> Delivery:
     """A delivery Postmark accepted as MESSAGE_ID."""
-    recipient = RecipientFactory(email="john@example.com")
-    notification = Notification.objects.create(
-        api_key=create_api_key()[0],
-        recipient=recipient,
-        external_user_id=recipient.external_id,
-        event=order_shipped,
-        request_fingerprint="x",
-    )
-    return Delivery.objects.create(
-        notification=notification,
+    return DeliveryFactory(
+        notification__recipient=RecipientFactory(email="john@example.com"),
+        notification__event=order_shipped,
         channel="email",
         status=DeliveryStatus.SENT,
-        content={"subject": "Hi", "body": "Body"},
         provider="postmark",
         provider_message_id=MESSAGE_ID,
         sent_at=timezone.now() - timedelta(seconds=5),
@@ -184,20 +176,10 @@ def test_delivery_webhook_for_a_message_sent_through_the_fake(order_shipped, set
             "POSTMARK_API_URL": fake.url,
             "WEBHOOK_SECRET": SECRET,
         }
-        recipient = RecipientFactory(email="gus@example.com")
-        notification = Notification.objects.create(
-            api_key=create_api_key()[0],
-            recipient=recipient,
-            external_user_id=recipient.external_id,
-            event=order_shipped,
-            request_fingerprint="x",
-        )
-        delivery = Delivery.objects.create(
-            notification=notification,
+        delivery = DeliveryFactory(
+            notification__recipient=RecipientFactory(email="gus@example.com"),
+            notification__event=order_shipped,
             channel="email",
-            status=DeliveryStatus.QUEUED,
-            content={"subject": "Hi", "body": "Body"},
-            lease_until=timezone.now() + timedelta(minutes=5),
         )
         services.delivery_send(delivery_id=delivery.pk)
         message_id = fake.requests[0]["response"]["MessageID"]

@@ -6,10 +6,7 @@ The device token picks the fake's answer (see devtools/fakes/apns.py).
 from __future__ import annotations
 
 import json
-import os
 import ssl
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,13 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.db import connection
 from django.utils import timezone
 
 from channels import apns
@@ -32,12 +26,13 @@ from channels.base import ProviderConfigurationError, TransientDeliveryError
 from channels.checks import check_providers
 from devtools.fakes.apns import FakeAPNs, new_signing_key
 from notifications import services
-from notifications.models import Delivery, DeliveryStatus, FailedDelivery, Notification
+from notifications.models import DeliveryStatus, FailedDelivery
 from notifications.services import Outcome
 from notifications.tasks import deliver_push
 from preferences.models import Device
-from tests.factories import DeviceFactory, create_api_key
-from tests.workers import ROOT, WorkerProcess, wait_for
+from tests.channels.push import queued_push, send_push
+from tests.factories import DeviceFactory
+from tests.workers import WorkerProcess, running_worker, settled_delivery, standalone_fake, wait_for
 
 KEY_ID, TEAM_ID, TOPIC = "ABC123DEFG", "DEF123GHIJ", "com.example.notify"
 
@@ -76,38 +71,13 @@ def _device(kind: str, recipient: Any = None) -> Device:
     return DeviceFactory(platform=Device.Platform.APNS, token=token, **extra)
 
 
-def _queued(recipient: Any, event: Any, **data: Any) -> Delivery:
-    notification = Notification.objects.create(
-        api_key=create_api_key()[0],
-        recipient=recipient,
-        external_user_id=recipient.external_id,
-        event=event,
-        request_fingerprint="x",
-        data={"orderId": "77", **data},
-    )
-    return Delivery.objects.create(
-        notification=notification,
-        channel="push",
-        status=DeliveryStatus.QUEUED,
-        content={"subject": "Order 77 shipped", "body": "On its way."},
-        lease_until=timezone.now() + timedelta(minutes=5),
-    )
-
-
-def _send(device: Device, event: Any, **data: Any) -> tuple[Outcome, Delivery]:
-    delivery = _queued(device.recipient, event, **data)
-    outcome = services.delivery_send(delivery_id=delivery.pk, task_name="t")
-    delivery.refresh_from_db()
-    return outcome, delivery
-
-
 pytestmark = pytest.mark.django_db
 
 
 def test_the_request_is_what_apple_expects(fake, order_shipped):
     device = _device("ok")
 
-    outcome, delivery = _send(device, order_shipped, collapseId="order-77")
+    outcome, delivery = send_push(device, order_shipped, collapseId="order-77")
 
     assert outcome == Outcome.SENT
     (request,) = fake.requests_to(device.token)
@@ -146,12 +116,12 @@ def test_the_provider_token_is_reused_then_refreshed_after_50_minutes(
     fake, order_shipped, monkeypatch
 ):
     first, second, later = _device("ok"), _device("ok"), _device("ok")
-    _send(first, order_shipped)
-    _send(second, order_shipped, priority="low")
+    send_push(first, order_shipped)
+    send_push(second, order_shipped, priority="low")
     started = time.monotonic()
     monkeypatch.setattr(apns, "_clock", lambda: started + 50 * 60 + 1)
 
-    _send(later, order_shipped)
+    send_push(later, order_shipped)
 
     fingerprints = [fake.requests_to(d.token)[0]["jwt"]["fingerprint"] for d in (first, second)]
     assert fingerprints[0] == fingerprints[1]
@@ -163,10 +133,10 @@ def test_the_provider_token_is_reused_then_refreshed_after_50_minutes(
 
 def test_expired_provider_token_is_refreshed_and_the_send_retried_once(fake, order_shipped):
     before, expired, after = _device("ok"), _device("expiredjwt"), _device("ok")
-    _send(before, order_shipped)
+    send_push(before, order_shipped)
 
-    outcome, delivery = _send(expired, order_shipped)
-    _send(after, order_shipped)
+    outcome, delivery = send_push(expired, order_shipped)
+    send_push(after, order_shipped)
 
     assert outcome == Outcome.SENT and delivery.attempts == 1
     stale = fake.requests_to(before.token)[0]["jwt"]["fingerprint"]
@@ -183,7 +153,7 @@ def test_one_unregistered_device_among_three_is_deactivated(fake, order_shipped)
     dead = _device("unregistered", first.recipient)
     third = _device("ok", first.recipient)
 
-    outcome, delivery = _send(first, order_shipped)
+    outcome, delivery = send_push(first, order_shipped)
 
     assert outcome == Outcome.SENT
     for device in (first, dead, third):
@@ -214,7 +184,7 @@ def test_a_dead_token_is_tried_once_failed_and_deactivated(
 ):
     device = _device(kind)
 
-    outcome, delivery = _send(device, order_shipped)
+    outcome, delivery = send_push(device, order_shipped)
 
     assert outcome == Outcome.FAILED
     assert [(r["status"], r["reason"]) for r in fake.requests_to(device.token)] == [
@@ -232,7 +202,7 @@ def test_a_dead_token_is_tried_once_failed_and_deactivated(
 def test_a_payload_too_large_fails_the_notification_but_keeps_the_device(fake, order_shipped):
     device = _device("ok")
 
-    outcome, delivery = _send(device, order_shipped, note="x" * 5000)
+    outcome, delivery = send_push(device, order_shipped, note="x" * 5000)
 
     assert outcome == Outcome.FAILED
     assert fake.requests_to(device.token)[0]["reason"] == "PayloadTooLarge"
@@ -245,7 +215,7 @@ def test_a_payload_too_large_fails_the_notification_but_keeps_the_device(fake, o
 def test_a_503_is_retried_without_resending_to_devices_already_reached(fake, order_shipped):
     reached = _device("ok")
     flaky = _device("flaky-1", reached.recipient)
-    delivery = _queued(reached.recipient, order_shipped)
+    delivery = queued_push(reached.recipient, order_shipped)
 
     with pytest.raises(TransientDeliveryError) as raised:
         services.delivery_send(delivery_id=delivery.pk)
@@ -267,7 +237,7 @@ def test_a_503_is_retried_without_resending_to_devices_already_reached(fake, ord
 
 def test_a_429_with_retry_after_holds_the_delivery_that_long(fake, order_shipped):
     device = _device("toomany-120")
-    delivery = _queued(device.recipient, order_shipped)
+    delivery = queued_push(device.recipient, order_shipped)
 
     with pytest.raises(TransientDeliveryError) as raised:
         services.delivery_send(delivery_id=delivery.pk)
@@ -285,7 +255,7 @@ def test_a_429_with_retry_after_holds_the_delivery_that_long(fake, order_shipped
 def test_a_timeout_is_transient_and_the_connection_stays_usable(fake, order_shipped, settings):
     settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS = 0.3
     slow = _device("slow-3000")
-    delivery = _queued(slow.recipient, order_shipped)
+    delivery = queued_push(slow.recipient, order_shipped)
 
     started = time.monotonic()
     with pytest.raises(TransientDeliveryError) as raised:
@@ -297,13 +267,13 @@ def test_a_timeout_is_transient_and_the_connection_stays_usable(fake, order_ship
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.QUEUED
     assert Device.objects.get(pk=slow.pk).active
-    assert _send(_device("ok"), order_shipped)[0] == Outcome.SENT
+    assert send_push(_device("ok"), order_shipped)[0] == Outcome.SENT
 
 
 def test_an_unreachable_endpoint_is_transient(fake, order_shipped, settings):
     settings.APNS_ENDPOINT = "https://127.0.0.1:9"  # discard port: nothing listens there
     device = _device("ok")
-    delivery = _queued(device.recipient, order_shipped)
+    delivery = queued_push(device.recipient, order_shipped)
 
     with pytest.raises(TransientDeliveryError, match="ConnectError"):
         services.delivery_send(delivery_id=delivery.pk)
@@ -325,7 +295,7 @@ def test_wrong_credentials_dead_letter_loudly_without_retry(
 ):
     setattr(settings, setting, new_signing_key() if value == "other key" else value)
     device = _device("ok")
-    delivery = _queued(device.recipient, order_shipped)
+    delivery = queued_push(device.recipient, order_shipped)
 
     result = deliver_push.apply(args=[delivery.pk])
 
@@ -343,7 +313,7 @@ def test_wrong_credentials_dead_letter_loudly_without_retry(
 def test_an_untrusted_server_certificate_is_a_configuration_error(fake, order_shipped, settings):
     settings.APNS_CA_FILE = ""  # the system's CAs do not know the fake's throwaway CA
     device = _device("ok")
-    delivery = _queued(device.recipient, order_shipped)
+    delivery = queued_push(device.recipient, order_shipped)
 
     with pytest.raises(ProviderConfigurationError, match="APNS_CA_FILE"):
         services.delivery_send(delivery_id=delivery.pk)
@@ -400,54 +370,39 @@ def standalone_apns(apns_key: str, tmp_path_factory: pytest.TempPathFactory) -> 
     """The fake run the way a demo runs it: ``python -m devtools.fakes.apns``."""
     folder = tmp_path_factory.mktemp("apns-standalone")
     (folder / "key.p8").write_text(apns_key)
-    options = f"--port=0 --key-id={KEY_ID} --team-id={TEAM_ID} --topic={TOPIC}".split()
-    options += [f"--public-key={folder / 'key.p8'}", f"--ca-out={folder / 'ca.pem'}"]
-    options += [f"--log={folder / 'requests.jsonl'}"]
-    command = [sys.executable, "-m", "devtools.fakes.apns", *options]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        line = process.stdout.readline()  # type: ignore[union-attr]
-        assert line.startswith("fake apns on 127.0.0.1:"), line
-        port = int(line.rsplit(":", 1)[1])
+    with standalone_fake(
+        "apns",
+        f"--key-id={KEY_ID}",
+        f"--team-id={TEAM_ID}",
+        f"--topic={TOPIC}",
+        f"--public-key={folder / 'key.p8'}",
+        f"--ca-out={folder / 'ca.pem'}",
+        f"--log={folder / 'requests.jsonl'}",
+    ) as port:
         yield {"url": f"https://127.0.0.1:{port}", "folder": folder}
-    finally:
-        process.terminate()
-        assert process.wait(timeout=15) == 0
 
 
 @pytest.fixture(scope="module")
 def push_worker(
     django_db_setup: None,
-    django_db_blocker: Any,
     standalone_apns: dict,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
-    with django_db_blocker.unblock():
-        database_name = connection.settings_dict["NAME"]
-    db = django_settings.DATABASES["default"]
     folder = standalone_apns["folder"]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{database_name}",
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "NOTIFY_PROVIDER_PUSH": "channels.push.PushProvider",
-        "NOTIFY_PUSH_APNS": "channels.apns.APNsSender",
-        "NOTIFY_PUSH_FCM": "",
-        "APNS_KEY_ID": KEY_ID,
-        "APNS_TEAM_ID": TEAM_ID,
-        "APNS_TOPIC": TOPIC,
-        "APNS_PRIVATE_KEY_FILE": str(folder / "key.p8"),
-        "APNS_ENDPOINT": standalone_apns["url"],
-        "APNS_CA_FILE": str(folder / "ca.pem"),
-    }
-    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).flushdb()
-    worker = WorkerProcess("push", env, tmp_path_factory.mktemp("apns-worker"))
-    try:
-        worker.wait_ready()
+    with running_worker(
+        "push",
+        tmp_path_factory.mktemp("apns-worker"),
+        NOTIFY_PROVIDER_PUSH="channels.push.PushProvider",
+        NOTIFY_PUSH_APNS="channels.apns.APNsSender",
+        NOTIFY_PUSH_FCM="",
+        APNS_KEY_ID=KEY_ID,
+        APNS_TEAM_ID=TEAM_ID,
+        APNS_TOPIC=TOPIC,
+        APNS_PRIVATE_KEY_FILE=str(folder / "key.p8"),
+        APNS_ENDPOINT=standalone_apns["url"],
+        APNS_CA_FILE=str(folder / "ca.pem"),
+    ) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.mark.integration
@@ -471,11 +426,11 @@ def test_a_real_push_worker_sends_and_retries_a_503_once(
     )
     assert response.status_code == 202, response.content
 
-    def sent() -> Delivery | None:
-        delivery = Delivery.objects.get(notification_id=response.json()["id"], channel="push")
-        return delivery if delivery.status in (DeliveryStatus.SENT, DeliveryStatus.FAILED) else None
-
-    delivery = wait_for(sent, timeout=60, what="the push delivery to settle")
+    delivery = wait_for(
+        lambda: settled_delivery(response.json()["id"], "push"),
+        timeout=60,
+        what="the push delivery to settle",
+    )
     assert delivery.status == DeliveryStatus.SENT and delivery.attempts == 2
     assert delivery.provider == "apns"
     seen = httpx.get(

@@ -6,28 +6,22 @@ what Postmark received, what was retried, what was dead-lettered, which address 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
-import redis
-from django.conf import settings as django_settings
-from django.db import connection
-from django.utils import timezone
 
 from channels.base import ProviderConfigurationError, TransientDeliveryError
 from channels.checks import check_providers
 from devtools.fakes.postmark import DEFAULT_TOKEN, FakePostmark
 from notifications import services
-from notifications.models import Delivery, DeliveryStatus, FailedDelivery, Notification
+from notifications.models import Delivery, DeliveryStatus, FailedDelivery
 from notifications.services import Outcome
 from notifications.tasks import deliver_email
 from preferences.models import Suppression
-from tests.factories import RecipientFactory, create_api_key
-from tests.workers import WorkerProcess, wait_for
+from tests.factories import DeliveryFactory, RecipientFactory
+from tests.workers import WorkerProcess, running_worker, settled_delivery, wait_for
 
 POSTMARK_BACKEND = "anymail.backends.postmark.EmailBackend"
 WEBHOOK_SECRET = "postmark:hook-secret"
@@ -59,20 +53,11 @@ def via_postmark(settings: Any, postmark: FakePostmark) -> FakePostmark:
 
 
 def _queued(event: Any, email: str, **content: Any) -> Delivery:
-    recipient = RecipientFactory(email=email)
-    notification = Notification.objects.create(
-        api_key=create_api_key()[0],
-        recipient=recipient,
-        external_user_id=recipient.external_id,
-        event=event,
-        request_fingerprint="x",
-    )
-    return Delivery.objects.create(
-        notification=notification,
+    return DeliveryFactory(
+        notification__recipient=RecipientFactory(email=email),
+        notification__event=event,
         channel="email",
-        status=DeliveryStatus.QUEUED,
         content={"subject": "Order 7 shipped", "body": "On its way.", **content},
-        lease_until=timezone.now() + timedelta(minutes=5),
     )
 
 
@@ -284,30 +269,18 @@ def postmark_for_worker() -> Iterator[FakePostmark]:
 @pytest.fixture(scope="module")
 def email_worker(
     django_db_setup: None,
-    django_db_blocker: Any,
     postmark_for_worker: FakePostmark,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
-    with django_db_blocker.unblock():
-        database_name = connection.settings_dict["NAME"]
-    db = django_settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{database_name}",
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "EMAIL_BACKEND": POSTMARK_BACKEND,
-        "ANYMAIL_POSTMARK_SERVER_TOKEN": DEFAULT_TOKEN,
-        "ANYMAIL_POSTMARK_API_URL": postmark_for_worker.url,
-        "ANYMAIL_WEBHOOK_SECRET": WEBHOOK_SECRET,
-    }
-    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).flushdb()
-    worker = WorkerProcess("email", env, tmp_path_factory.mktemp("postmark-worker"))
-    try:
-        worker.wait_ready()
+    with running_worker(
+        "email",
+        tmp_path_factory.mktemp("postmark-worker"),
+        EMAIL_BACKEND=POSTMARK_BACKEND,
+        ANYMAIL_POSTMARK_SERVER_TOKEN=DEFAULT_TOKEN,
+        ANYMAIL_POSTMARK_API_URL=postmark_for_worker.url,
+        ANYMAIL_WEBHOOK_SECRET=WEBHOOK_SECRET,
+    ) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.mark.integration
@@ -330,11 +303,15 @@ def test_real_worker_retries_a_postmark_5xx_then_the_webhook_marks_it_delivered(
     )
     assert response.status_code == 202, response.content
 
-    def settled() -> Delivery | None:
-        d = Delivery.objects.get(notification_id=response.json()["id"], channel="email")
-        return d if d.status in (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED) else None
-
-    email = wait_for(settled, what="the email to be delivered", timeout=30)
+    email = wait_for(
+        lambda: settled_delivery(
+            response.json()["id"],
+            "email",
+            statuses=(DeliveryStatus.DELIVERED, DeliveryStatus.FAILED),
+        ),
+        what="the email to be delivered",
+        timeout=30,
+    )
     assert email.status == DeliveryStatus.DELIVERED, email_worker.log()
     assert email.attempts == 2
     assert [e["status"] for e in email.history if "status" in e] == [

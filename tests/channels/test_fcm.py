@@ -6,35 +6,28 @@ The device token picks the fake's answer (see devtools/fakes/fcm.py).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
-from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.db import connection
-from django.utils import timezone
 
 from channels.base import TransientDeliveryError
 from channels.checks import check_providers
 from devtools.fakes.fcm import AUDIENCE, JWT_BEARER, FakeFCM, write_service_account
 from notifications import services
-from notifications.models import Delivery, DeliveryStatus, FailedDelivery, Notification
+from notifications.models import DeliveryStatus, FailedDelivery
 from notifications.services import Outcome
 from notifications.tasks import deliver_push
 from preferences.models import Device
-from tests.factories import DeviceFactory, create_api_key
-from tests.workers import ROOT, WorkerProcess, wait_for
+from tests.channels.push import queued_push, send_push
+from tests.factories import DeviceFactory
+from tests.workers import WorkerProcess, running_worker, settled_delivery, standalone_fake, wait_for
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 SEND_PATH = "/v1/projects/demo-project/messages:send"
@@ -74,37 +67,12 @@ def _device(kind: str, recipient: Any = None) -> Device:
     return DeviceFactory(platform=Device.Platform.FCM, token=f"{kind}-{uuid.uuid4().hex}", **extra)
 
 
-def _queued(recipient: Any, event: Any, body: str = "On its way.", **data: Any) -> Delivery:
-    notification = Notification.objects.create(
-        api_key=create_api_key()[0],
-        recipient=recipient,
-        external_user_id=recipient.external_id,
-        event=event,
-        request_fingerprint="x",
-        data={"orderId": "77", **data},
-    )
-    return Delivery.objects.create(
-        notification=notification,
-        channel="push",
-        status=DeliveryStatus.QUEUED,
-        content={"subject": "Order 77 shipped", "body": body},
-        lease_until=timezone.now() + timedelta(minutes=5),
-    )
-
-
-def _send(device: Device, event: Any, **data: Any) -> tuple[Outcome, Delivery]:
-    delivery = _queued(device.recipient, event, **data)
-    outcome = services.delivery_send(delivery_id=delivery.pk, task_name="t")
-    delivery.refresh_from_db()
-    return outcome, delivery
-
-
 def test_oauth_assertion_then_bearer_token_then_the_v1_message(fake, order_shipped):
     device = _device("ok")
 
     # "from" is reserved: FCM would refuse the whole message for it, so it is left out.
     data = {"count": 3, "gift": True, "items": [1, 2], "from": "shop"}
-    outcome, delivery = _send(device, order_shipped, **data)
+    outcome, delivery = send_push(device, order_shipped, **data)
 
     assert outcome == Outcome.SENT
     grant, send = fake.requests
@@ -148,8 +116,8 @@ def test_the_access_token_is_reused_across_sends(fake, order_shipped):
     first = _device("ok")
     second = _device("ok", first.recipient)
 
-    assert _send(first, order_shipped)[0] == Outcome.SENT
-    assert _send(_device("ok"), order_shipped)[0] == Outcome.SENT
+    assert send_push(first, order_shipped)[0] == Outcome.SENT
+    assert send_push(_device("ok"), order_shipped)[0] == Outcome.SENT
 
     assert len(fake.token_requests()) == 1
     assert [r["bearer"] for r in fake.sends()] == [1, 1, 1]
@@ -159,7 +127,7 @@ def test_the_access_token_is_reused_across_sends(fake, order_shipped):
 def test_a_token_fcm_expired_early_is_refreshed_and_the_send_retried_once(fake, order_shipped):
     device = _device("expiredauth")
 
-    outcome, _ = _send(device, order_shipped)
+    outcome, _ = send_push(device, order_shipped)
 
     assert outcome == Outcome.SENT
     assert [(r["status"], r["bearer"]) for r in fake.sends(device.token)] == [(401, 1), (200, 2)]
@@ -179,7 +147,7 @@ def test_a_dead_token_is_tried_once_failed_and_the_device_deactivated(
 ):
     device = _device(kind)
 
-    outcome, delivery = _send(device, order_shipped)
+    outcome, delivery = send_push(device, order_shipped)
 
     assert outcome == Outcome.FAILED
     assert [r["status"] for r in fake.sends(device.token)] == [status]
@@ -198,7 +166,7 @@ def test_one_dead_device_does_not_stop_the_others(fake, order_shipped):
     alive = _device("ok")
     dead = _device("unregistered", alive.recipient)
 
-    outcome, delivery = _send(alive, order_shipped)
+    outcome, delivery = send_push(alive, order_shipped)
 
     assert outcome == Outcome.SENT
     assert delivery.results[dead.token] == {
@@ -211,7 +179,7 @@ def test_one_dead_device_does_not_stop_the_others(fake, order_shipped):
 
 def test_a_refused_message_fails_but_keeps_the_device(fake, order_shipped):
     device = _device("ok")
-    delivery = _queued(device.recipient, order_shipped, body="x" * 5000)
+    delivery = queued_push(device.recipient, order_shipped, body="x" * 5000)
 
     assert services.delivery_send(delivery_id=delivery.pk) == Outcome.FAILED
 
@@ -226,7 +194,7 @@ def test_a_refused_message_fails_but_keeps_the_device(fake, order_shipped):
 
 def test_quota_exceeded_is_transient_with_retry_after_and_pyfcm_does_not_sleep(fake, order_shipped):
     device = _device("quota")
-    delivery = _queued(device.recipient, order_shipped)
+    delivery = queued_push(device.recipient, order_shipped)
 
     started = time.monotonic()
     with pytest.raises(TransientDeliveryError) as raised:
@@ -245,7 +213,7 @@ def test_quota_exceeded_is_transient_with_retry_after_and_pyfcm_does_not_sleep(f
 
 def test_a_503_is_one_request_then_the_retry_sends(fake, order_shipped):
     device = _device("flaky-1")
-    delivery = _queued(device.recipient, order_shipped)
+    delivery = queued_push(device.recipient, order_shipped)
 
     with pytest.raises(TransientDeliveryError, match="FCM 503 code UNAVAILABLE") as raised:
         services.delivery_send(delivery_id=delivery.pk)
@@ -264,7 +232,7 @@ def test_a_503_is_one_request_then_the_retry_sends(fake, order_shipped):
 def test_a_timeout_is_transient(fake, order_shipped, settings):
     settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS = 0.3
     device = _device("slow-3000")
-    delivery = _queued(device.recipient, order_shipped)
+    delivery = queued_push(device.recipient, order_shipped)
 
     started = time.monotonic()
     with pytest.raises(TransientDeliveryError, match=r"no answer within 0.3s"):
@@ -285,7 +253,7 @@ def test_an_unreachable_server_is_transient(fake, order_shipped, settings, tmp_p
         account = write_service_account(tmp_path / "other.json", token_uri=f"{closed}/token")
         settings.FCM_CREDENTIALS_FILE = str(account.path)
     device = _device("ok")
-    delivery = _queued(device.recipient, order_shipped)
+    delivery = queued_push(device.recipient, order_shipped)
 
     with pytest.raises(TransientDeliveryError, match=r"ConnectionError|TransportError"):
         services.delivery_send(delivery_id=delivery.pk)
@@ -304,7 +272,7 @@ def test_a_token_endpoint_503_is_transient_without_google_auth_sleeping(
     )
     settings.FCM_CREDENTIALS_FILE = str(issuer.trust(account).path)
     device = _device("ok")
-    delivery = _queued(device.recipient, order_shipped)
+    delivery = queued_push(device.recipient, order_shipped)
 
     started = time.monotonic()
     with pytest.raises(TransientDeliveryError, match="answered 503"):
@@ -345,7 +313,7 @@ def test_a_configuration_error_is_dead_lettered_without_retry(
     else:
         settings.FCM_PROJECT_ID = "someone-elses-project"
     device = _device("ok")
-    delivery = _queued(device.recipient, order_shipped)
+    delivery = queued_push(device.recipient, order_shipped)
 
     result = deliver_push.apply(args=[delivery.pk])
 
@@ -419,47 +387,28 @@ def test_bad_credentials_files_are_named_by_the_system_check(
 def standalone_fcm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The fake run the way a demo runs it; it writes the service account pointing at itself."""
     folder = tmp_path_factory.mktemp("fcm-standalone")
-    options = ["--port=0", f"--service-account={folder / 'sa.json'}"]
-    command = [sys.executable, "-m", "devtools.fakes.fcm", *options, f"--log={folder / 'log'}"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        line = process.stdout.readline()  # type: ignore[union-attr]
-        assert line.startswith("fake fcm on 127.0.0.1:"), line
-        port = int(line.rsplit(":", 1)[1])
+    with standalone_fake(
+        "fcm", f"--service-account={folder / 'sa.json'}", f"--log={folder / 'log'}"
+    ) as port:
         yield {"url": f"http://127.0.0.1:{port}", "credentials": folder / "sa.json"}
-    finally:
-        process.terminate()
-        assert process.wait(timeout=15) == 0
 
 
 @pytest.fixture(scope="module")
 def push_worker(
     django_db_setup: None,
-    django_db_blocker: Any,
     standalone_fcm: dict[str, Any],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
-    with django_db_blocker.unblock():
-        database_name = connection.settings_dict["NAME"]
-    db = django_settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{database_name}",
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "NOTIFY_PROVIDER_PUSH": "channels.push.PushProvider",
-        "NOTIFY_PUSH_APNS": "",
-        "NOTIFY_PUSH_FCM": "channels.fcm.FCMSender",
-        "FCM_CREDENTIALS_FILE": str(standalone_fcm["credentials"]),
-        "FCM_ENDPOINT": standalone_fcm["url"],
-    }
-    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).flushdb()
-    worker = WorkerProcess("push", env, tmp_path_factory.mktemp("fcm-worker"))
-    try:
-        worker.wait_ready()
+    with running_worker(
+        "push",
+        tmp_path_factory.mktemp("fcm-worker"),
+        NOTIFY_PROVIDER_PUSH="channels.push.PushProvider",
+        NOTIFY_PUSH_APNS="",
+        NOTIFY_PUSH_FCM="channels.fcm.FCMSender",
+        FCM_CREDENTIALS_FILE=str(standalone_fcm["credentials"]),
+        FCM_ENDPOINT=standalone_fcm["url"],
+    ) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.mark.integration
@@ -483,11 +432,11 @@ def test_a_real_push_worker_sends_and_retries_a_503_once(
     )
     assert response.status_code == 202, response.content
 
-    def settled() -> Delivery | None:
-        delivery = Delivery.objects.get(notification_id=response.json()["id"], channel="push")
-        return delivery if delivery.status in (DeliveryStatus.SENT, DeliveryStatus.FAILED) else None
-
-    delivery = wait_for(settled, timeout=60, what="the push delivery to settle")
+    delivery = wait_for(
+        lambda: settled_delivery(response.json()["id"], "push"),
+        timeout=60,
+        what="the push delivery to settle",
+    )
     assert delivery.status == DeliveryStatus.SENT and delivery.attempts == 2
     assert delivery.provider == "fcm"
     seen = requests.get(f"{standalone_fcm['url']}/_fake/requests", timeout=5).json()

@@ -8,8 +8,7 @@ from notifications import services
 from notifications.models import DeliveryStatus, FailedDelivery
 from notifications.tasks import deliver_email
 from preferences.models import Suppression
-from tests.factories import RecipientFactory
-from tests.notifications.test_delivery_service import _queued
+from tests.factories import DeliveryFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -40,7 +39,7 @@ def test_smtp_that_refuses_our_login_is_a_configuration_error(order_shipped, smt
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp_relay.port
     # The relay offers no AUTH: a configured login cannot work however often it is retried.
     settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD = "user", "secret"
-    delivery = _queued(RecipientFactory(), order_shipped, "email")
+    delivery = DeliveryFactory(notification__event=order_shipped, channel="email")
 
     result = deliver_email.apply(args=[delivery.pk])
 
@@ -61,7 +60,11 @@ def test_a_status_callback_url_with_its_own_query_keeps_it(order_shipped, settin
         settings.TWILIO_FROM_NUMBER = "+15005550006"
         settings.TWILIO_API_BASE = fake.url
         settings.TWILIO_STATUS_CALLBACK_URL = "http://127.0.0.1:9/hook?tenant=a"
-        delivery = _queued(RecipientFactory(phone="+14155550100"), order_shipped, "sms")
+        delivery = DeliveryFactory(
+            notification__recipient=RecipientFactory(phone="+14155550100"),
+            notification__event=order_shipped,
+            channel="sms",
+        )
 
         assert services.delivery_send(delivery_id=delivery.pk) == services.Outcome.SENT
 

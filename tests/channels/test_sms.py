@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
-import redis
-from django.conf import settings as django_settings
-from django.db import connection
-from django.utils import timezone
 
 from channels.base import ProviderConfigurationError, TransientDeliveryError
 from channels.checks import check_providers
 from channels.sms import SMSProvider, _client
 from devtools.fakes.twilio import FakeTwilioServer
 from notifications import services
-from notifications.models import Delivery, DeliveryStatus, FailedDelivery, Notification
+from notifications.models import Delivery, DeliveryStatus, FailedDelivery
 from notifications.services import Outcome
 from notifications.tasks import deliver_sms
 from preferences.models import Suppression
-from tests.factories import RecipientFactory, create_api_key
-from tests.workers import WorkerProcess, wait_for
+from tests.factories import DeliveryFactory, RecipientFactory
+from tests.workers import WorkerProcess, running_worker, settled_delivery, wait_for
 
 SENDER = "+15005550006"
 OK_NUMBER = "+15550100001"
@@ -56,21 +50,11 @@ def twilio(settings, twilio_server: FakeTwilioServer) -> FakeTwilioServer:
 
 
 def _queued(phone: str, event, body: str = "Your order 7 is on its way.") -> Delivery:
-    recipient = RecipientFactory(phone=phone)
-    api_key, _ = create_api_key()
-    notification = Notification.objects.create(
-        api_key=api_key,
-        recipient=recipient,
-        external_user_id=recipient.external_id,
-        event=event,
-        request_fingerprint="x",
-    )
-    return Delivery.objects.create(
-        notification=notification,
+    return DeliveryFactory(
+        notification__recipient=RecipientFactory(phone=phone),
+        notification__event=event,
         channel="sms",
-        status=DeliveryStatus.QUEUED,
         content={"subject": "Order 7 shipped", "body": body},
-        lease_until=timezone.now() + timedelta(minutes=5),
     )
 
 
@@ -306,38 +290,21 @@ def test_system_check_names_the_missing_setting(twilio, settings, overrides, nam
 @pytest.fixture(scope="module")
 def sms_worker(
     django_db_setup: None,
-    django_db_blocker: Any,
     live_server: Any,
     twilio_server: FakeTwilioServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
-    with django_db_blocker.unblock():
-        database_name = connection.settings_dict["NAME"]
-    db = django_settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{database_name}",
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "NOTIFY_PROVIDER_SMS": "channels.sms.SMSProvider",
-        "TWILIO_ACCOUNT_SID": twilio_server.account_sid,
-        "TWILIO_AUTH_TOKEN": twilio_server.auth_token,
-        "TWILIO_FROM_NUMBER": SENDER,
-        "TWILIO_API_BASE": twilio_server.url,
-        "TWILIO_STATUS_CALLBACK_URL": f"{live_server.url}/webhooks/twilio/status",
-    }
-    redis.Redis.from_url(django_settings.CELERY_BROKER_URL).flushdb()
-    worker = WorkerProcess("sms", env, tmp_path_factory.mktemp("sms-worker"))
-    try:
-        worker.wait_ready()
+    with running_worker(
+        "sms",
+        tmp_path_factory.mktemp("sms-worker"),
+        NOTIFY_PROVIDER_SMS="channels.sms.SMSProvider",
+        TWILIO_ACCOUNT_SID=twilio_server.account_sid,
+        TWILIO_AUTH_TOKEN=twilio_server.auth_token,
+        TWILIO_FROM_NUMBER=SENDER,
+        TWILIO_API_BASE=twilio_server.url,
+        TWILIO_STATUS_CALLBACK_URL=f"{live_server.url}/webhooks/twilio/status",
+    ) as worker:
         yield worker
-    finally:
-        worker.stop()
-
-
-def _status(notification_id: str, wanted: str) -> Delivery | None:
-    delivery = Delivery.objects.get(notification_id=notification_id, channel="sms")
-    return delivery if delivery.status == wanted else None
 
 
 @pytest.mark.integration
@@ -359,7 +326,7 @@ def test_worker_sends_retries_and_the_signed_status_callback_marks_delivered(
     notification_id = response.json()["id"]
 
     delivered = wait_for(
-        lambda: _status(notification_id, DeliveryStatus.DELIVERED),
+        lambda: settled_delivery(notification_id, "sms", statuses=(DeliveryStatus.DELIVERED,)),
         what=f"sms delivered (worker log:\n{sms_worker.log()})",
     )
     first, second = twilio.messages_to(number)

@@ -11,7 +11,7 @@ from twilio.request_validator import RequestValidator
 
 from notifications.models import Delivery, DeliveryStatus, Notification
 from preferences.models import Suppression
-from tests.factories import RecipientFactory, create_api_key
+from tests.factories import DeliveryFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -36,15 +36,9 @@ def client() -> Client:
 
 @pytest.fixture
 def sent_sms(order_shipped) -> Delivery:
-    api_key, _ = create_api_key()
-    notification = Notification.objects.create(
-        api_key=api_key,
-        recipient=RecipientFactory(phone=NUMBER),
-        event=order_shipped,
-        request_fingerprint="x",
-    )
-    return Delivery.objects.create(
-        notification=notification,
+    return DeliveryFactory(
+        notification__recipient=RecipientFactory(phone=NUMBER),
+        notification__event=order_shipped,
         channel="sms",
         status=DeliveryStatus.SENT,
         provider="twilio",

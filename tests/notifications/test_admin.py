@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
@@ -14,31 +12,14 @@ from notifications.models import (
     Notification,
     Template,
 )
-from preferences.models import Event, Recipient
-from tests.factories import RecipientFactory, TemplateFactory, create_api_key
+from tests.factories import (
+    DeliveryFactory,
+    NotificationFactory,
+    RecipientFactory,
+    TemplateFactory,
+)
 
 pytestmark = pytest.mark.django_db
-
-
-def _notify(
-    event: Event, recipient: Recipient | None = None, *, idempotency_key: str | None = None
-) -> Notification:
-    recipient = recipient or RecipientFactory()
-    return Notification.objects.create(
-        api_key=create_api_key()[0],
-        recipient=recipient,
-        external_user_id=recipient.external_id,
-        event=event,
-        data={"orderId": "9"},
-        idempotency_key=idempotency_key,
-        request_fingerprint=uuid.uuid4().hex,
-    )
-
-
-def _deliver(notification: Notification, channel: str, status: str, **fields) -> Delivery:
-    return Delivery.objects.create(
-        notification=notification, channel=channel, status=status, **fields
-    )
 
 
 def _dead_letter(delivery: Delivery, **fields) -> FailedDelivery:
@@ -146,13 +127,21 @@ def test_template_add_starts_at_version_one(admin_client, order_shipped):
 def log(order_shipped):
     """Three notifications: one both-channels queued, one email failed, one in-app sent."""
     alice = RecipientFactory(external_id="alice")
-    queued = _notify(order_shipped, alice, idempotency_key="order-1")
-    _deliver(queued, "email", DeliveryStatus.QUEUED)
-    _deliver(queued, "inapp", DeliveryStatus.QUEUED)
-    failed = _notify(order_shipped, RecipientFactory(external_id="bob"))
-    failed_email = _deliver(failed, "email", DeliveryStatus.FAILED, reason="21211")
-    sent = _notify(order_shipped, alice)
-    _deliver(sent, "inapp", DeliveryStatus.SENT, provider="inapp", provider_message_id="m-42")
+    queued = NotificationFactory(event=order_shipped, recipient=alice, idempotency_key="order-1")
+    DeliveryFactory(notification=queued, channel="email", status=DeliveryStatus.QUEUED)
+    DeliveryFactory(notification=queued, channel="inapp", status=DeliveryStatus.QUEUED)
+    failed = NotificationFactory(event=order_shipped, recipient__external_id="bob")
+    failed_email = DeliveryFactory(
+        notification=failed, channel="email", status=DeliveryStatus.FAILED, reason="21211"
+    )
+    sent = NotificationFactory(event=order_shipped, recipient=alice)
+    DeliveryFactory(
+        notification=sent,
+        channel="inapp",
+        status=DeliveryStatus.SENT,
+        provider="inapp",
+        provider_message_id="m-42",
+    )
     return {"queued": queued, "failed": failed, "failed_email": failed_email, "sent": sent}
 
 
@@ -248,7 +237,9 @@ def test_inbox_message_changelist(admin_client, log):
 
 def test_failed_delivery_changelist_filters(admin_client, log):
     unreplayed = _dead_letter(log["failed_email"], error_message="x" * 500)
-    inapp = _deliver(_notify(log["sent"].event), "inapp", DeliveryStatus.FAILED)
+    inapp = DeliveryFactory(
+        notification__event=log["sent"].event, channel="inapp", status=DeliveryStatus.FAILED
+    )
     replayed = _dead_letter(inapp, replayed_by="someone")
     FailedDelivery.objects.filter(pk=replayed.pk).update(replayed_at=replayed.failed_at)
     url = reverse("admin:notifications_faileddelivery_changelist")
@@ -289,7 +280,9 @@ def _replay(admin_client, letters: list[FailedDelivery], capture) -> list[str]:
 def test_replay_selected_requeues_once(
     admin_client, order_shipped, broker, django_capture_on_commit_callbacks
 ):
-    delivery = _deliver(_notify(order_shipped), "email", DeliveryStatus.FAILED, attempts=1)
+    delivery = DeliveryFactory(
+        notification__event=order_shipped, channel="email", status=DeliveryStatus.FAILED, attempts=1
+    )
     letter = _dead_letter(delivery)
 
     first = _replay(admin_client, [letter], django_capture_on_commit_callbacks)
@@ -313,8 +306,16 @@ def test_replay_selected_requeues_once(
 def test_replay_selected_reports_a_mixed_selection(
     admin_client, order_shipped, broker, django_capture_on_commit_callbacks
 ):
-    fresh = _dead_letter(_deliver(_notify(order_shipped), "sms", DeliveryStatus.FAILED))
-    done = _dead_letter(_deliver(_notify(order_shipped), "email", DeliveryStatus.QUEUED))
+    fresh = _dead_letter(
+        DeliveryFactory(
+            notification__event=order_shipped, channel="sms", status=DeliveryStatus.FAILED
+        )
+    )
+    done = _dead_letter(
+        DeliveryFactory(
+            notification__event=order_shipped, channel="email", status=DeliveryStatus.QUEUED
+        )
+    )
     FailedDelivery.objects.filter(pk=done.pk).update(
         replayed_at=done.failed_at, replayed_by="earlier"
     )
@@ -333,7 +334,11 @@ def test_replay_needs_the_change_permission(client, order_shipped, broker, djang
     viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_faileddelivery"))
     client.force_login(viewer)
-    letter = _dead_letter(_deliver(_notify(order_shipped), "email", DeliveryStatus.FAILED))
+    letter = _dead_letter(
+        DeliveryFactory(
+            notification__event=order_shipped, channel="email", status=DeliveryStatus.FAILED
+        )
+    )
     url = reverse("admin:notifications_faileddelivery_changelist")
 
     response = client.get(url)

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from notifications import services
 from notifications.models import Delivery, DeliveryStatus
 from tests.factories import RecipientFactory
-from tests.workers import ROOT
+from tests.workers import ROOT, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,17 +37,10 @@ print(json.dumps({"status": response.status_code, "body": response.json(),
 
 def test_accept_survives_a_dead_broker_and_the_sweep_delivers_later(api_key, order_shipped, broker):
     recipient = RecipientFactory()
-    db = settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}",
-        "CELERY_BROKER_URL": "redis://127.0.0.1:9/0",
-    }
     completed = subprocess.run(
         [sys.executable, "-c", _ACCEPT_WITH_DEAD_BROKER, recipient.external_id, api_key[1]],
         cwd=ROOT,
-        env=env,
+        env=worker_env(CELERY_BROKER_URL="redis://127.0.0.1:9/0"),
         capture_output=True,
         text=True,
         timeout=120,

@@ -10,9 +10,9 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from notifications.models import Delivery, DeliveryStatus, FailedDelivery, Notification, Template
+from notifications.models import Delivery, DeliveryStatus, FailedDelivery, Template
 from preferences.models import Category, Event
-from tests.factories import RecipientFactory, create_api_key
+from tests.factories import DeliveryFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -30,12 +30,8 @@ def test_create_api_key_prints_a_working_key_alone_on_the_last_line():
 
 
 def _dead_letter(event, channel: str, age: timedelta) -> FailedDelivery:
-    api_key, _ = create_api_key()
-    notification = Notification.objects.create(
-        api_key=api_key, recipient=RecipientFactory(), event=event, request_fingerprint="x"
-    )
-    delivery = Delivery.objects.create(
-        notification=notification, channel=channel, status=DeliveryStatus.FAILED
+    delivery = DeliveryFactory(
+        notification__event=event, channel=channel, status=DeliveryStatus.FAILED
     )
     letter = FailedDelivery.objects.create(delivery=delivery, error_class="X", attempts=1)
     FailedDelivery.objects.filter(pk=letter.pk).update(failed_at=timezone.now() - age)

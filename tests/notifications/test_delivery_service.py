@@ -21,12 +21,11 @@ from notifications.models import (
     DeliveryStatus,
     FailedDelivery,
     InboxMessage,
-    Notification,
 )
 from notifications.services import Outcome
 from notifications.tasks import deliver_push
 from preferences.models import Device, Suppression
-from tests.factories import DeviceFactory, PreferenceFactory, RecipientFactory, create_api_key
+from tests.factories import DeliveryFactory, DeviceFactory, PreferenceFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -71,26 +70,12 @@ def push_sender(settings):
     return RecordingSender
 
 
-def _queued(recipient, event, channel: str, **content) -> Delivery:
-    api_key, _ = create_api_key()
-    notification = Notification.objects.create(
-        api_key=api_key,
-        recipient=recipient,
-        external_user_id=recipient.external_id,
-        event=event,
-        request_fingerprint="x",
-    )
-    return Delivery.objects.create(
-        notification=notification,
-        channel=channel,
-        status=DeliveryStatus.QUEUED,
-        content={"subject": "Hi", "body": "Body", **content},
-        lease_until=timezone.now() + timedelta(minutes=5),
-    )
-
-
 def test_inapp_is_sent_once_even_if_the_task_runs_twice(order_shipped):
-    delivery = _queued(RecipientFactory(), order_shipped, "inapp", url="/orders/1")
+    delivery = DeliveryFactory(
+        notification__event=order_shipped,
+        channel="inapp",
+        content={"subject": "Hi", "body": "Body", "url": "/orders/1"},
+    )
 
     assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SENT
     assert services.delivery_send(delivery_id=delivery.pk) == Outcome.NOT_CLAIMED
@@ -105,8 +90,11 @@ def test_inapp_is_sent_once_even_if_the_task_runs_twice(order_shipped):
 
 
 def test_email_goes_through_djangos_email_api_with_html_alternative(order_shipped):
-    delivery = _queued(
-        RecipientFactory(email="a@example.com"), order_shipped, "email", html="<b>B</b>"
+    delivery = DeliveryFactory(
+        notification__recipient=RecipientFactory(email="a@example.com"),
+        notification__event=order_shipped,
+        channel="email",
+        content={"subject": "Hi", "body": "Body", "html": "<b>B</b>"},
     )
 
     assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SENT
@@ -120,7 +108,9 @@ def test_email_goes_through_djangos_email_api_with_html_alternative(order_shippe
 
 def test_opt_out_after_accept_wins(order_shipped):
     recipient = RecipientFactory()
-    delivery = _queued(recipient, order_shipped, "email")
+    delivery = DeliveryFactory(
+        notification__recipient=recipient, notification__event=order_shipped, channel="email"
+    )
     PreferenceFactory(recipient=recipient, channel="email", enabled=False)
 
     assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SKIPPED
@@ -132,7 +122,9 @@ def test_opt_out_after_accept_wins(order_shipped):
 
 def test_critical_category_ignores_opt_out_at_send_time(security_code):
     recipient = RecipientFactory()
-    delivery = _queued(recipient, security_code, "email")
+    delivery = DeliveryFactory(
+        notification__recipient=recipient, notification__event=security_code, channel="email"
+    )
     PreferenceFactory(recipient=recipient, enabled=False)
 
     assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SENT
@@ -140,7 +132,9 @@ def test_critical_category_ignores_opt_out_at_send_time(security_code):
 
 def test_address_removed_after_accept_is_skipped(order_shipped):
     recipient = RecipientFactory()
-    delivery = _queued(recipient, order_shipped, "email")
+    delivery = DeliveryFactory(
+        notification__recipient=recipient, notification__event=order_shipped, channel="email"
+    )
     recipient.email = None
     recipient.save()
 
@@ -151,7 +145,9 @@ def test_address_removed_after_accept_is_skipped(order_shipped):
 
 def test_erased_recipient_is_skipped(order_shipped):
     recipient = RecipientFactory()
-    delivery = _queued(recipient, order_shipped, "email")
+    delivery = DeliveryFactory(
+        notification__recipient=recipient, notification__event=order_shipped, channel="email"
+    )
     recipient.delete()
 
     assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SKIPPED
@@ -162,7 +158,9 @@ def test_erased_recipient_is_skipped(order_shipped):
 def test_permanent_error_fails_dead_letters_and_deactivates_the_device(order_shipped, push_sender):
     device = DeviceFactory(platform=Device.Platform.APNS, token="t-dead")
     push_sender.verdicts["t-dead"] = "dead"
-    delivery = _queued(device.recipient, order_shipped, "push")
+    delivery = DeliveryFactory(
+        notification__recipient=device.recipient, notification__event=order_shipped, channel="push"
+    )
 
     assert services.delivery_send(delivery_id=delivery.pk, task_name="t") == Outcome.FAILED
 
@@ -183,7 +181,9 @@ def test_one_dead_device_does_not_fail_the_others(order_shipped, push_sender):
     dead = DeviceFactory(platform=Device.Platform.APNS, token="t-dead", recipient=good.recipient)
     fcm = DeviceFactory(platform=Device.Platform.FCM, token="t-fcm", recipient=good.recipient)
     push_sender.verdicts["t-dead"] = "dead"
-    delivery = _queued(good.recipient, order_shipped, "push")
+    delivery = DeliveryFactory(
+        notification__recipient=good.recipient, notification__event=order_shipped, channel="push"
+    )
 
     assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SENT
 
@@ -203,7 +203,9 @@ def test_a_retry_only_resends_to_devices_not_yet_reached(order_shipped, push_sen
     first = DeviceFactory(platform=Device.Platform.APNS, token="t-1")
     DeviceFactory(platform=Device.Platform.APNS, token="t-2", recipient=first.recipient)
     push_sender.verdicts["t-2"] = "flaky"
-    delivery = _queued(first.recipient, order_shipped, "push")
+    delivery = DeliveryFactory(
+        notification__recipient=first.recipient, notification__event=order_shipped, channel="push"
+    )
 
     with pytest.raises(TransientDeliveryError):
         services.delivery_send(delivery_id=delivery.pk)
@@ -222,7 +224,9 @@ def test_a_retry_only_resends_to_devices_not_yet_reached(order_shipped, push_sen
 def test_transient_error_requeues_with_a_lease_and_reraises(order_shipped, push_sender, settings):
     device = DeviceFactory(platform=Device.Platform.APNS, token="t-flaky")
     push_sender.verdicts["t-flaky"] = "flaky"
-    delivery = _queued(device.recipient, order_shipped, "push")
+    delivery = DeliveryFactory(
+        notification__recipient=device.recipient, notification__event=order_shipped, channel="push"
+    )
 
     with pytest.raises(TransientDeliveryError):
         services.delivery_send(delivery_id=delivery.pk)
@@ -242,7 +246,9 @@ def test_transient_error_requeues_with_a_lease_and_reraises(order_shipped, push_
 def test_configuration_error_in_a_task_goes_to_the_dead_letter_table(order_shipped, push_sender):
     device = DeviceFactory(platform=Device.Platform.APNS, token="t-conf")
     push_sender.verdicts["t-conf"] = "misconfigured"
-    delivery = _queued(device.recipient, order_shipped, "push")
+    delivery = DeliveryFactory(
+        notification__recipient=device.recipient, notification__event=order_shipped, channel="push"
+    )
 
     result = deliver_push.apply(args=[delivery.pk])
 
@@ -259,7 +265,9 @@ def test_hard_bounce_suppresses_the_address_for_everyone(order_shipped, smtp_rel
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp_relay.port
     bounced = RecipientFactory(email="Bounce-Hard@Example.com")
-    delivery = _queued(bounced, order_shipped, "email")
+    delivery = DeliveryFactory(
+        notification__recipient=bounced, notification__event=order_shipped, channel="email"
+    )
 
     assert services.delivery_send(delivery_id=delivery.pk) == Outcome.FAILED
 
@@ -267,7 +275,11 @@ def test_hard_bounce_suppresses_the_address_for_everyone(order_shipped, smtp_rel
     assert (suppression.channel, suppression.address) == ("email", "bounce-hard@example.com")
     assert suppression.reason == "hard_bounce"
     # Another recipient with the same address is skipped, without a new SMTP attempt.
-    again = _queued(RecipientFactory(email="bounce-hard@example.com"), order_shipped, "email")
+    again = DeliveryFactory(
+        notification__recipient=RecipientFactory(email="bounce-hard@example.com"),
+        notification__event=order_shipped,
+        channel="email",
+    )
     attempts_before = dict(smtp_relay.behaviour.attempts)
     assert services.delivery_send(delivery_id=again.pk) == Outcome.SKIPPED
     again.refresh_from_db()
@@ -280,10 +292,18 @@ def test_sweep_requeues_only_expired_pending_deliveries(
 ):
     recipient = RecipientFactory()
     past = timezone.now() - timedelta(seconds=1)
-    expired_queued = _queued(recipient, order_shipped, "email")
-    expired_sending = _queued(recipient, order_shipped, "inapp")
-    fresh = _queued(recipient, order_shipped, "email")
-    done = _queued(recipient, order_shipped, "inapp")
+    expired_queued = DeliveryFactory(
+        notification__recipient=recipient, notification__event=order_shipped, channel="email"
+    )
+    expired_sending = DeliveryFactory(
+        notification__recipient=recipient, notification__event=order_shipped, channel="inapp"
+    )
+    fresh = DeliveryFactory(
+        notification__recipient=recipient, notification__event=order_shipped, channel="email"
+    )
+    done = DeliveryFactory(
+        notification__recipient=recipient, notification__event=order_shipped, channel="inapp"
+    )
     Delivery.objects.filter(pk=expired_queued.pk).update(lease_until=past)
     Delivery.objects.filter(pk=expired_sending.pk).update(status="sending", lease_until=past)
     Delivery.objects.filter(pk=done.pk).update(status="sent", lease_until=past)
@@ -302,7 +322,7 @@ def test_sweep_requeues_only_expired_pending_deliveries(
 
 
 def test_dead_letter_leaves_finished_deliveries_alone(order_shipped):
-    delivery = _queued(RecipientFactory(), order_shipped, "inapp")
+    delivery = DeliveryFactory(notification__event=order_shipped, channel="inapp")
     services.delivery_send(delivery_id=delivery.pk)
 
     moved = services.delivery_dead_letter(
@@ -319,7 +339,9 @@ def test_a_configuration_error_mid_fan_out_keeps_the_devices_already_reached(
     first = DeviceFactory(platform=Device.Platform.APNS, token="t-ok")
     DeviceFactory(platform=Device.Platform.APNS, token="t-conf", recipient=first.recipient)
     push_sender.verdicts["t-conf"] = "misconfigured"
-    delivery = _queued(first.recipient, order_shipped, "push")
+    delivery = DeliveryFactory(
+        notification__recipient=first.recipient, notification__event=order_shipped, channel="push"
+    )
 
     assert deliver_push.apply(args=[delivery.pk]).failed()
 

@@ -11,7 +11,7 @@ from notifications import services
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery, InboxMessage
 from notifications.tasks import sweep_stuck_deliveries
 from tests.factories import RecipientFactory
-from tests.workers import wait_for
+from tests.workers import settled_delivery, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -25,18 +25,13 @@ def _notify(api_client: Any, user_id: str, channels: list[str] | None = None) ->
     return response.json()
 
 
-def _settled(notification_id: str, channel: str) -> Delivery | None:
-    delivery = Delivery.objects.get(notification_id=notification_id, channel=channel)
-    return delivery if delivery.status in (DeliveryStatus.SENT, DeliveryStatus.FAILED) else None
-
-
 def test_notification_goes_through_real_workers(api_client, order_shipped, workers, smtp_relay):
     recipient = RecipientFactory(email="happy@example.com")
 
     accepted = _notify(api_client, recipient.external_id)
 
-    email = wait_for(lambda: _settled(accepted["id"], "email"), what="email delivery")
-    inapp = wait_for(lambda: _settled(accepted["id"], "inapp"), what="inapp delivery")
+    email = wait_for(lambda: settled_delivery(accepted["id"], "email"), what="email delivery")
+    inapp = wait_for(lambda: settled_delivery(accepted["id"], "inapp"), what="inapp delivery")
     assert email.status == inapp.status == DeliveryStatus.SENT
     received = smtp_relay.behaviour.messages_to("happy@example.com")
     assert [m["subject"] for m in received] == ["Order 77 shipped"]
@@ -57,7 +52,7 @@ def test_transient_failures_are_retried_until_sent(api_client, order_shipped, wo
 
     accepted = _notify(api_client, recipient.external_id, ["email"])
 
-    email = wait_for(lambda: _settled(accepted["id"], "email"), what="retried email")
+    email = wait_for(lambda: settled_delivery(accepted["id"], "email"), what="retried email")
     assert email.status == DeliveryStatus.SENT
     assert email.attempts == 3
     statuses = [entry["status"] for entry in email.history]
@@ -73,7 +68,9 @@ def test_retries_are_bounded_then_dead_lettered(api_client, order_shipped, worke
 
     accepted = _notify(api_client, recipient.external_id, ["email"])
 
-    email = wait_for(lambda: _settled(accepted["id"], "email"), timeout=60, what="exhausted email")
+    email = wait_for(
+        lambda: settled_delivery(accepted["id"], "email"), timeout=60, what="exhausted email"
+    )
     assert email.status == DeliveryStatus.FAILED
     assert email.attempts == settings.NOTIFY_MAX_RETRIES + 1
     letter = FailedDelivery.objects.get(delivery=email)
@@ -96,7 +93,7 @@ def test_permanent_failure_is_dead_lettered_once_and_replay_sends_once(
 
     accepted = _notify(api_client, recipient.external_id, ["email"])
 
-    email = wait_for(lambda: _settled(accepted["id"], "email"), what="bounced email")
+    email = wait_for(lambda: settled_delivery(accepted["id"], "email"), what="bounced email")
     assert email.status == DeliveryStatus.FAILED
     assert email.attempts == 1  # permanent: never retried
     letter = FailedDelivery.objects.get(delivery=email)
@@ -109,7 +106,7 @@ def test_permanent_failure_is_dead_lettered_once_and_replay_sends_once(
     assert services.failed_deliveries_replay(failed_ids=[letter.pk], replayed_by="ops") == 1
     assert services.failed_deliveries_replay(failed_ids=[letter.pk], replayed_by="ops") == 0
 
-    email = wait_for(lambda: _settled(accepted["id"], "email"), what="replayed email")
+    email = wait_for(lambda: settled_delivery(accepted["id"], "email"), what="replayed email")
     assert email.status == DeliveryStatus.SENT
     assert email.attempts == 2
     assert len(smtp_relay.behaviour.messages_to("fixed@example.com")) == 1
@@ -123,7 +120,7 @@ def test_sweep_run_by_beat_task_recovers_a_lost_message(
     recipient = RecipientFactory(email="lost@example.com")
     accepted = _notify(api_client, recipient.external_id, ["email"])
     delivery = Delivery.objects.get(notification_id=accepted["id"])
-    wait_for(lambda: _settled(accepted["id"], "email"), what="first send")
+    wait_for(lambda: settled_delivery(accepted["id"], "email"), what="first send")
     # A delivery whose message the broker lost: queued, never consumed, lease long expired.
     lost = Delivery.objects.create(
         notification=delivery.notification,
@@ -136,7 +133,7 @@ def test_sweep_run_by_beat_task_recovers_a_lost_message(
     # The maintenance worker runs the sweep (as beat would schedule it); inapp sends it.
     sweep_stuck_deliveries.delay()
 
-    found = wait_for(lambda: _settled(accepted["id"], "inapp"), what="swept delivery")
+    found = wait_for(lambda: settled_delivery(accepted["id"], "inapp"), what="swept delivery")
     assert found.pk == lost.pk
     assert found.status == DeliveryStatus.SENT
     assert found.history[0]["reason"] == "lease_expired"

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from notifications.models import Delivery, DeliveryStatus, Notification
+from notifications.models import Delivery, DeliveryStatus
 from notifications.services import Receipt, delivery_receipt_apply
 from preferences.models import Suppression
-from tests.factories import RecipientFactory, create_api_key
+from tests.factories import DeliveryFactory
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def sent_email(order_shipped) -> Delivery:
-    api_key, _ = create_api_key()
-    notification = Notification.objects.create(
-        api_key=api_key, recipient=RecipientFactory(), event=order_shipped, request_fingerprint="x"
-    )
-    return Delivery.objects.create(
-        notification=notification,
+    return DeliveryFactory(
+        notification__event=order_shipped,
         channel="email",
         status=DeliveryStatus.SENT,
         provider="postmark",
@@ -92,13 +88,9 @@ def test_receipt_for_another_provider_does_not_match(sent_email):
 
 
 def test_a_receipt_that_beats_the_workers_bookkeeping_is_matched_by_our_id(order_shipped):
-    api_key, _ = create_api_key()
-    notification = Notification.objects.create(
-        api_key=api_key, recipient=RecipientFactory(), event=order_shipped, request_fingerprint="x"
-    )
     # The provider accepted the message and called back before we recorded its id.
-    sending = Delivery.objects.create(
-        notification=notification, channel="sms", status=DeliveryStatus.SENDING
+    sending = DeliveryFactory(
+        notification__event=order_shipped, channel="sms", status=DeliveryStatus.SENDING
     )
     early = Receipt(
         provider="twilio",
