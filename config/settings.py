@@ -151,17 +151,42 @@ NOTIFY_SWEEP_BATCH = env.int("NOTIFY_SWEEP_BATCH", default=1000)
 NOTIFY_CATALOG_CACHE_SECONDS = env.float("NOTIFY_CATALOG_CACHE_SECONDS", default=5.0)
 NOTIFY_PROVIDER_TIMEOUT_SECONDS = env.float("NOTIFY_PROVIDER_TIMEOUT_SECONDS", default=10.0)
 
+# --- Broadcasts: fan-out and batch delivery (docs/broadcasts.md) -----------------------------
+# Recipients per fan-out page: one task and one transaction each, a constant number of queries.
+NOTIFY_FANOUT_PAGE = env.int("NOTIFY_FANOUT_PAGE", default=1000)
+# Lease of a broadcast's queued deliveries. A bulk lane is expected to hold a backlog (a
+# broadcast drains at the providers' pace), so the sweep must not take a delivery still
+# waiting in it for a lost one; a lost one is re-enqueued this much later.
+NOTIFY_FANOUT_LEASE_SECONDS = env.int("NOTIFY_FANOUT_LEASE_SECONDS", default=3600)
+# How often fan-outs whose task chain broke (broker down between two pages) are restarted.
+NOTIFY_FANOUT_RESUME_SECONDS = env.int("NOTIFY_FANOUT_RESUME_SECONDS", default=300)
+# Body limit of the bulk endpoints (10,000 userIds per broadcast, 1,000 per topic change).
+NOTIFY_FANOUT_MAX_BODY_BYTES = env.int("NOTIFY_FANOUT_MAX_BODY_BYTES", default=1024 * 1024)
+# Deliveries per batch task on the bulk lanes: one message, one claim, one load per batch.
+NOTIFY_DELIVERY_BATCH = env.int("NOTIFY_DELIVERY_BATCH", default=100)
+# Provider calls in flight at once inside one batch task, per channel (threads waiting on the
+# network; 1 means one after the other). In-app's provider is an INSERT: nothing to overlap.
+NOTIFY_DELIVERY_BATCH_THREADS = {
+    "push": env.int("NOTIFY_DELIVERY_BATCH_THREADS_PUSH", default=8),
+    "email": env.int("NOTIFY_DELIVERY_BATCH_THREADS_EMAIL", default=4),
+    "sms": env.int("NOTIFY_DELIVERY_BATCH_THREADS_SMS", default=8),
+    "inapp": 1,
+}
+
 # --- Retention of the notification log (docs/sizing.md) ----------------------------------------
 # Notifications older than this, with their deliveries and dead letters, are deleted by a beat
 # task in batches; 0 keeps them forever. Inbox messages are kept (the inbox is the recipient's).
 NOTIFY_RETENTION_DAYS = env.int("NOTIFY_RETENTION_DAYS", default=30)
-# Notifications per batch, one short transaction each (a batch of 5,000 holds its locks ~0.5 s).
-NOTIFY_RETENTION_BATCH = env.int("NOTIFY_RETENTION_BATCH", default=5000)
-NOTIFY_RETENTION_INTERVAL_SECONDS = env.int("NOTIFY_RETENTION_INTERVAL_SECONDS", default=600)
-# A run stops starting batches after this long; interval and budget together bound how many
-# rows an hour the purge can remove (docs/sizing.md has the measured rate to size them).
+# Notifications per batch, one transaction each: measured, 1,000 deletes as many per second as
+# 5,000 or 10,000 while holding its row locks at most ~0.2 s instead of ~0.8 s or ~1.4 s.
+NOTIFY_RETENTION_BATCH = env.int("NOTIFY_RETENTION_BATCH", default=1000)
+# Every run ends by itself: when nothing expired is left, or after the time budget (the batch
+# under way finishes). 180 s every 300 s deletes up to ~4,200 notifications/s at the measured
+# ~7,000/s, 1.5x the 2,778/s that expire at 10M/hour sustained; a budget below the interval
+# keeps runs from piling up.
+NOTIFY_RETENTION_INTERVAL_SECONDS = env.int("NOTIFY_RETENTION_INTERVAL_SECONDS", default=300)
 NOTIFY_RETENTION_TIME_BUDGET_SECONDS = env.float(
-    "NOTIFY_RETENTION_TIME_BUDGET_SECONDS", default=120.0
+    "NOTIFY_RETENTION_TIME_BUDGET_SECONDS", default=180.0
 )
 
 # --- Push: APNs (token auth, HTTP/2) ---------------------------------------------------------
@@ -216,7 +241,11 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=4)
+# With acks_late a worker holds multiplier x concurrency messages; a transactional one that
+# arrives during a broadcast waits behind all of them, whatever the queue order. 1 cut in-app
+# p50 from 31 to 10 ms (8 -> 2 bulk tasks ahead, and x the task time for slow providers) and
+# cost no bulk throughput (bench/lanes.py, docs/lanes.md).
+CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=1)
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing happens after commit inside a request; do not hang the request for long when
@@ -228,8 +257,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    # A worker consuming "email,email.bulk" always drains the transactional queue first
-    # (Redis transport; kombu's default round-robin would alternate between them).
+    # A worker consuming "email,email.bulk" (that order) always polls the transactional queue
+    # first. kombu's default round_robin alternates: a burst of 100 OTPs took twice as long,
+    # interleaved 1:1 with bulk (bench/lanes.py); a steady trickle does not show it.
     "queue_order_strategy": env.str("CELERY_QUEUE_ORDER_STRATEGY", default="priority"),
     # Must exceed the longest retry countdown, or Redis hands an unacked retry to a second
     # worker (harmless thanks to the claim, but wasted work).
@@ -240,6 +270,11 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-deliveries": {
         "task": "notifications.tasks.sweep_stuck_deliveries",
         "schedule": float(NOTIFY_SWEEP_INTERVAL_SECONDS),
+    },
+    "resume-broadcast-fanouts": {
+        "task": "notifications.tasks.resume_broadcast_fanouts",
+        "schedule": float(NOTIFY_FANOUT_RESUME_SECONDS),
+        "options": {"expires": float(NOTIFY_FANOUT_RESUME_SECONDS)},
     },
     "purge-expired-notifications": {
         "task": "notifications.tasks.purge_expired_notifications",
@@ -257,5 +292,11 @@ CELERY_TASK_ROUTES = {
     "notifications.tasks.deliver_sms": {"queue": "sms"},
     "notifications.tasks.deliver_inapp": {"queue": "inapp"},
     "notifications.tasks.sweep_stuck_deliveries": {"queue": "maintenance"},
+    "notifications.tasks.broadcast_fanout": {"queue": "maintenance"},
+    "notifications.tasks.resume_broadcast_fanouts": {"queue": "maintenance"},
+    "notifications.tasks.deliver_push_batch": {"queue": "push.bulk"},
+    "notifications.tasks.deliver_email_batch": {"queue": "email.bulk"},
+    "notifications.tasks.deliver_sms_batch": {"queue": "sms.bulk"},
+    "notifications.tasks.deliver_inapp_batch": {"queue": "inapp.bulk"},
     "notifications.tasks.purge_expired_notifications": {"queue": "maintenance"},
 }
