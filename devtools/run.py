@@ -194,7 +194,9 @@ def start_service(sup: Supervisor, api_port: int, run_dir: Path) -> None:
         # Each channel's worker serves its transactional queue first, then its bulk lane
         # (queue_order_strategy "priority" in settings); maintenance has no bulk twin.
         lanes = queue if queue == "maintenance" else f"{queue},{queue}.bulk"
-        worker = ["-Q", lanes, "-n", f"{queue}@%h", "--concurrency", "1"]
+        # Maintenance gets 2: a long retention purge must not hold up the stuck-delivery sweep.
+        concurrency = "2" if queue == "maintenance" else "1"
+        worker = ["-Q", lanes, "-n", f"{queue}@%h", "--concurrency", concurrency]
         sup.start(f"worker-{queue}", [*celery, "worker", *worker, "--loglevel", "WARNING"])
     schedule = str(run_dir / "celerybeat-schedule")
     sup.start("beat", [*celery, "beat", "--schedule", schedule, "--loglevel", "WARNING"])
