@@ -2,8 +2,10 @@ from django.contrib import admin
 from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from notifications.api import broadcasts as broadcast_views
 from notifications.api import views as notification_views
 from notifications.health import healthz
+from preferences.api import topics as topic_views
 from preferences.api import views as recipient_views
 
 
@@ -58,6 +60,23 @@ api = [
         "suppressions/<int:suppression_id>",
         recipient_views.SuppressionDetailView.as_view(),
         name="suppression",
+    ),
+    path("topics/<str:key>", topic_views.TopicView.as_view(), name="topic"),
+    path(
+        "topics/<str:key>/subscribers",
+        topic_views.TopicSubscribersView.as_view(),
+        name="topic-subscribers",
+    ),
+    path("broadcasts", broadcast_views.BroadcastListView.as_view(), name="broadcasts"),
+    path(
+        "broadcasts/<uuid:broadcast_id>",
+        broadcast_views.BroadcastDetailView.as_view(),
+        name="broadcast",
+    ),
+    path(
+        "broadcasts/<uuid:broadcast_id>/cancel",
+        broadcast_views.BroadcastCancelView.as_view(),
+        name="broadcast-cancel",
     ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -17,6 +17,7 @@ from django.utils.text import Truncator
 from channels.base import Channel
 from notifications.locales import canonical_locale, is_valid_locale
 from notifications.models import (
+    Broadcast,
     Delivery,
     DeliveryStatus,
     FailedDelivery,
@@ -26,6 +27,7 @@ from notifications.models import (
 )
 from notifications.rendering import TemplateRenderError, validate_template_source
 from notifications.services import failed_deliveries_replay
+from notifications.services.broadcasts import broadcast_cancel
 
 # --- templates ---------------------------------------------------------------------------
 
@@ -290,3 +292,47 @@ class InboxMessageAdmin(admin.ModelAdmin):
     raw_id_fields = ("recipient", "delivery")
     readonly_fields = ("created_at",)
     ordering = ("-created_at",)
+
+
+# --- broadcasts --------------------------------------------------------------------------
+
+
+@admin.register(Broadcast)
+class BroadcastAdmin(ReadOnlyLogAdmin):
+    list_display = (
+        "id",
+        "event",
+        "audience_kind",
+        "status",
+        "recipients_total",
+        "created_at",
+        "fanned_out_at",
+        "cancelled_at",
+    )
+    list_filter = ("status", "event", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("=id", "idempotency_key")
+    list_select_related = ("event",)
+    ordering = ("-created_at",)
+    actions = ("cancel_selected",)
+
+    @admin.display(description="audience")
+    def audience_kind(self, obj: Broadcast) -> str:
+        audience = obj.audience or {}
+        if "topic" in audience:
+            return f"topic {audience['topic']}"
+        if "userIds" in audience:
+            return f"{len(audience['userIds'])} userIds"
+        return "everyone"
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        # View-only list, but cancelling changes what real people receive.
+        return request.user.has_perm("notifications.change_broadcast")
+
+    @admin.action(
+        description="Cancel selected (queued deliveries are skipped)", permissions=["cancel"]
+    )
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Broadcast]) -> None:
+        ids = list(queryset.exclude(status=Broadcast.Status.CANCELLED).values_list("pk", flat=True))
+        for broadcast_id in ids:
+            broadcast_cancel(broadcast_id=broadcast_id)
+        self.message_user(request, f"Cancelled {len(ids)} broadcasts.", messages.SUCCESS)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
+from collections import Counter
 from typing import Any
 
 from celery import Task, shared_task
+from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from channels.base import TransientDeliveryError
 from notifications import services
+from notifications.services import batches, fanout
+from notifications.services.enqueue import queue_for
+
+logger = logging.getLogger(__name__)
 
 
 class DeliveryTask(Task):  # type: ignore[misc]
@@ -87,3 +95,104 @@ def purge_expired_notifications() -> int:
     if older_than is None:  # NOTIFY_RETENTION_DAYS=0: keep the log forever
         return 0
     return retention.purge_expired_notifications(older_than=older_than).notifications
+
+
+# --- broadcasts: fan-out pages and batch delivery (docs/broadcasts.md) ----------------------
+
+
+@shared_task(
+    ignore_result=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # A page runs in one transaction, so running it again after a database blink is safe.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=settings.NOTIFY_RETRY_BACKOFF,
+    retry_backoff_max=settings.NOTIFY_RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+    max_retries=settings.NOTIFY_MAX_RETRIES,
+)
+def broadcast_fanout(broadcast_id: str) -> str:
+    """One page of a broadcast's fan-out; the service chains the next page after commit."""
+    return fanout.broadcast_fanout_page(broadcast_id=uuid.UUID(broadcast_id)).value
+
+
+@shared_task(ignore_result=True)
+def resume_broadcast_fanouts() -> int:
+    return fanout.broadcasts_resume()
+
+
+class DeliveryBatchTask(Task):  # type: ignore[misc]
+    # Provider errors never get here: each delivery's is handled as if it were single. A
+    # database that blinked is retried; rows claimed before it stay `sending` until the
+    # sweep takes them back after their lease, as for single deliveries.
+    autoretry_for = (OperationalError, InterfaceError)
+    retry_backoff = settings.NOTIFY_RETRY_BACKOFF
+    retry_backoff_max = settings.NOTIFY_RETRY_BACKOFF_MAX
+    retry_jitter = True
+    max_retries = settings.NOTIFY_MAX_RETRIES
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+
+
+_SINGLE_TASK: dict[str, Task] = {
+    "push": deliver_push,
+    "email": deliver_email,
+    "sms": deliver_sms,
+    "inapp": deliver_inapp,
+}
+
+
+def _deliver_batch(task: Task, channel: str, delivery_ids: list[int]) -> dict[str, int]:
+    result = batches.deliveries_send_batch(
+        delivery_ids=[int(pk) for pk in delivery_ids], channel=channel, task_name=task.name
+    )
+    _retry_alone(result.retries)
+    return dict(Counter(outcome.value for outcome in result.outcomes.values()))
+
+
+def _retry_alone(retries: list[batches.Retry]) -> None:
+    """Retry each transient failure of a batch as its own single delivery task would retry
+    itself: the batch was its first attempt (retries=0), so the single task starts at
+    retries=1, with the same backoff, the same budget and, once that is spent, the same
+    dead letter (its on_failure). The batch task itself completes."""
+    try:
+        for retry in retries:
+            countdown = retry.retry_after
+            if countdown is None:
+                countdown = get_exponential_backoff_interval(
+                    factor=int(max(1.0, DeliveryTask.retry_backoff)),
+                    retries=0,
+                    maximum=DeliveryTask.retry_backoff_max,
+                    full_jitter=DeliveryTask.retry_jitter,
+                )
+            _SINGLE_TASK[retry.channel].apply_async(
+                (retry.delivery_id,),
+                countdown=countdown,
+                queue=queue_for(retry.channel, retry.priority),
+                retries=1,
+            )
+    except Exception:
+        # Broker down: the deliveries are `queued` with a lease covering the retry wait, so
+        # the sweep re-enqueues them once it runs out.
+        logger.warning("could not schedule %d batch retries", len(retries), exc_info=True)
+
+
+@shared_task(base=DeliveryBatchTask, bind=True)
+def deliver_push_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
+    return _deliver_batch(self, "push", delivery_ids)
+
+
+@shared_task(base=DeliveryBatchTask, bind=True)
+def deliver_email_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
+    return _deliver_batch(self, "email", delivery_ids)
+
+
+@shared_task(base=DeliveryBatchTask, bind=True)
+def deliver_sms_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
+    return _deliver_batch(self, "sms", delivery_ids)
+
+
+@shared_task(base=DeliveryBatchTask, bind=True)
+def deliver_inapp_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
+    return _deliver_batch(self, "inapp", delivery_ids)

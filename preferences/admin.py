@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
 
 from preferences.models import (
     Category,
@@ -11,6 +13,8 @@ from preferences.models import (
     Preference,
     Recipient,
     Suppression,
+    Topic,
+    TopicSubscription,
     normalize_address,
 )
 
@@ -81,3 +85,34 @@ class SuppressionAdmin(admin.ModelAdmin):
         # Lookups compare normalised addresses, so store them that way.
         obj.address = normalize_address(obj.channel, obj.address)
         super().save_model(request, obj, form, change)
+
+
+# --- topics --------------------------------------------------------------------------------
+
+
+@admin.register(Topic)
+class TopicAdmin(admin.ModelAdmin):
+    list_display = ("key", "name", "subscriber_count", "created_at")
+    search_fields = ("key", "name")
+    readonly_fields = ("created_at",)
+    ordering = ("key",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Topic]:
+        return super().get_queryset(request).annotate(subscriber_count=Count("subscriptions"))
+
+    @admin.display(description="subscribers", ordering="subscriber_count")
+    def subscriber_count(self, obj: Topic) -> int:
+        return int(obj.subscriber_count)  # type: ignore[attr-defined]
+
+
+@admin.register(TopicSubscription)
+class TopicSubscriptionAdmin(admin.ModelAdmin):
+    list_display = ("topic", "recipient", "created_at")
+    list_filter = ("topic",)
+    search_fields = ("recipient__external_id", "recipient__email")
+    list_select_related = ("topic", "recipient")
+    # A select listing every recipient would not render on a real installation.
+    autocomplete_fields = ("recipient",)
+    readonly_fields = ("created_at",)
+    ordering = ("-created_at",)
+    show_full_result_count = False

@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models.expressions import RawSQL
 
+from preferences import selectors
 from preferences.models import (
     Category,
     Device,
     Preference,
     Recipient,
     Suppression,
+    Topic,
+    TopicSubscription,
     normalize_address,
 )
 
@@ -128,3 +131,50 @@ def suppression_add(
 def suppression_remove(*, suppression_id: int) -> bool:
     deleted, _ = Suppression.objects.filter(pk=suppression_id).delete()
     return deleted > 0
+
+
+# --- topics --------------------------------------------------------------------------------
+
+
+def topic_upsert(*, key: str, name: str = "") -> tuple[Topic, bool]:
+    """Create a topic or rename it (PUT semantics)."""
+    return Topic.objects.update_or_create(key=key, defaults={"name": name})
+
+
+@dataclass(frozen=True)
+class SubscriptionChange:
+    changed: int  # subscriptions added (or removed)
+    unchanged: int  # already subscribed (or not subscribed) userIds
+    unknown_user_ids: list[str]  # userIds with no recipient: reported, not created
+
+
+def topic_subscribe(*, topic: Topic, external_ids: list[str]) -> SubscriptionChange:
+    """Subscribe recipients in bulk; subscribing twice is harmless (ON CONFLICT DO NOTHING)."""
+    wanted = list(dict.fromkeys(external_ids))
+    known = selectors.recipient_ids_by_external_id(external_ids=wanted)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO preferences_topicsubscription (topic_id, recipient_id, created_at)"
+            " SELECT %s, unnest(%s::bigint[]), now()"
+            " ON CONFLICT (topic_id, recipient_id) DO NOTHING",
+            [topic.pk, sorted(known.values())],
+        )
+        added = cursor.rowcount
+    return SubscriptionChange(
+        changed=added,
+        unchanged=len(known) - added,
+        unknown_user_ids=[user_id for user_id in wanted if user_id not in known],
+    )
+
+
+def topic_unsubscribe(*, topic: Topic, external_ids: list[str]) -> SubscriptionChange:
+    wanted = list(dict.fromkeys(external_ids))
+    known = selectors.recipient_ids_by_external_id(external_ids=wanted)
+    removed, _ = TopicSubscription.objects.filter(
+        topic=topic, recipient_id__in=list(known.values())
+    ).delete()
+    return SubscriptionChange(
+        changed=removed,
+        unchanged=len(known) - removed,
+        unknown_user_ids=[user_id for user_id in wanted if user_id not in known],
+    )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import BooleanField, F, JSONField
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from channels import push, registry
@@ -19,10 +22,11 @@ from channels.base import (
     DestinationOutcome,
     OutboundMessage,
     PermanentDeliveryError,
+    Provider,
     ProviderResult,
     TransientDeliveryError,
 )
-from notifications.models import Delivery, DeliveryStatus, FailedDelivery
+from notifications.models import Broadcast, Delivery, DeliveryStatus, FailedDelivery
 from notifications.services import transitions
 from notifications.services.enqueue import enqueue_on_commit, with_lanes
 from preferences import selectors as recipients
@@ -37,6 +41,7 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"
     FAILED = "failed"
     NOT_CLAIMED = "not_claimed"
+    RETRY = "retry"  # back to queued after a transient error; a retry is scheduled
 
 
 def delivery_send(*, delivery_id: int, task_name: str = "") -> Outcome:
@@ -48,9 +53,79 @@ def delivery_send(*, delivery_id: int, task_name: str = "") -> Outcome:
     """
     if not transitions.claim(delivery_id):
         return Outcome.NOT_CLAIMED
-    delivery = Delivery.objects.select_related(
-        "notification__event__category", "notification__recipient"
-    ).get(pk=delivery_id)
+    (delivery,) = claimed_deliveries([delivery_id])
+    return delivery_send_claimed(delivery, task_name=task_name)
+
+
+# The send-time re-checks read the recipient's rules for the event's category (and for all)
+# and whether its address is suppressed: loaded with the claimed rows, as the accept path
+# loads them with the recipient, instead of two queries per delivery. Raw SQL refers to the
+# tables select_related joins (Django aliases a table's first join by its name).
+_SEND_CONTEXT = {
+    "preference_rules": RawSQL(
+        "COALESCE((SELECT jsonb_agg(jsonb_build_object("
+        "'category_id', p.category_id, 'channel', p.channel, 'enabled', p.enabled))"
+        " FROM preferences_preference p"
+        " WHERE p.recipient_id = notifications_notification.recipient_id"
+        " AND (p.category_id = preferences_event.category_id OR p.category_id IS NULL)),"
+        " '[]'::jsonb)",
+        (),
+        output_field=JSONField(),
+    ),
+    "email_suppressed": RawSQL(
+        "EXISTS (SELECT 1 FROM preferences_suppression s"
+        " WHERE s.channel = 'email' AND s.address = lower(preferences_recipient.email))",
+        (),
+        output_field=BooleanField(),
+    ),
+    "phone_suppressed": RawSQL(
+        "EXISTS (SELECT 1 FROM preferences_suppression s"
+        " WHERE s.channel = 'sms' AND s.address = preferences_recipient.phone)",
+        (),
+        output_field=BooleanField(),
+    ),
+}
+
+
+def claimed_deliveries(delivery_ids: list[int]) -> list[Delivery]:
+    """Deliveries this worker has claimed, with all that sending them reads, in one query."""
+    return list(
+        Delivery.objects.select_related("notification__event__category", "notification__recipient")
+        # Only the broadcast's status: its row may carry a list of 10,000 userIds.
+        .annotate(broadcast_status=F("notification__broadcast__status"), **_SEND_CONTEXT)
+        .filter(pk__in=delivery_ids)
+        .order_by("pk")
+    )
+
+
+@dataclass(frozen=True)
+class ReadyToSend:
+    """A claimed delivery that passed every check, and what its provider is handed."""
+
+    delivery: Delivery
+    recipient: Recipient
+    provider: Provider
+    message: OutboundMessage
+
+
+def delivery_send_claimed(delivery: Delivery, *, task_name: str = "") -> Outcome:
+    """Everything after the claim: the checks, the provider call, the outcome. Single and
+    batch deliveries both go through here (see ``notifications.services.batches``)."""
+    ready = delivery_prepare(delivery)
+    if isinstance(ready, Outcome):
+        return ready
+    try:
+        result = ready.provider.send(ready.message)
+    except (TransientDeliveryError, PermanentDeliveryError) as exc:
+        return delivery_record(ready, error=exc, task_name=task_name)
+    return delivery_record(ready, result=result, task_name=task_name)
+
+
+def delivery_prepare(delivery: Delivery) -> ReadyToSend | Outcome:
+    """Re-check a claimed delivery at send time; skips it (and says so) when it must not go."""
+    if getattr(delivery, "broadcast_status", None) == Broadcast.Status.CANCELLED:
+        # Back in `queued` after a transient error when its broadcast was cancelled.
+        return _skip(delivery, "cancelled")
     recipient = delivery.notification.recipient
     if recipient is None:
         return _skip(delivery, "recipient_erased")
@@ -68,28 +143,37 @@ def delivery_send(*, delivery_id: int, task_name: str = "") -> Outcome:
         channel=delivery.channel,
         recipient=recipient,
         device_tokens=device_tokens,
-        suppressed=bool(address)
-        and recipients.is_suppressed(channel=delivery.channel, address=address or ""),
+        suppressed=bool(address) and _suppressed(delivery, address or ""),
     )
     if reason is not None:
         return _skip(delivery, reason)
-    message = _outbound(delivery, recipient, device_tokens)
-    try:
-        result = provider.send(message)
-    except TransientDeliveryError as exc:
-        _record_transient(delivery, recipient, exc)
-        raise
-    except PermanentDeliveryError as exc:
+    return ReadyToSend(delivery, recipient, provider, _outbound(delivery, recipient, device_tokens))
+
+
+def delivery_record(
+    ready: ReadyToSend,
+    *,
+    result: ProviderResult | None = None,
+    error: TransientDeliveryError | PermanentDeliveryError | None = None,
+    task_name: str = "",
+) -> Outcome:
+    """Record what the provider answered. A transient error is recorded, then re-raised."""
+    delivery, recipient = ready.delivery, ready.recipient
+    if isinstance(error, TransientDeliveryError):
+        _record_transient(delivery, recipient, error)
+        raise error
+    if error is not None:
         with transaction.atomic():
-            _retire_dead_destinations(delivery.channel, recipient, exc, exc.destinations)
+            _retire_dead_destinations(delivery.channel, recipient, error, error.destinations)
             delivery_dead_letter(
                 delivery_id=delivery.pk,
-                error=exc,
+                error=error,
                 traceback="",
                 task_name=task_name,
-                results=_as_json(exc.destinations),
+                results=_as_json(error.destinations),
             )
         return Outcome.FAILED
+    assert result is not None
     _retire_dead_destinations(delivery.channel, recipient, None, result.destinations)
     return _mark_sent(delivery, result)
 
@@ -110,7 +194,19 @@ def _allowed(delivery: Delivery, recipient: Recipient) -> bool:
         recipient_id=recipient.pk,
         category=delivery.notification.event.category,
         channels=[delivery.channel],
+        rules=getattr(delivery, "preference_rules", None),
     )[delivery.channel]
+
+
+_SUPPRESSED_FLAG = {Channel.EMAIL: "email_suppressed", Channel.SMS: "phone_suppressed"}
+
+
+def _suppressed(delivery: Delivery, address: str) -> bool:
+    """The flag loaded with the claimed row; a query for a delivery loaded some other way."""
+    flag = getattr(delivery, _SUPPRESSED_FLAG.get(Channel(delivery.channel), "-"), None)
+    if flag is not None:
+        return bool(flag)
+    return recipients.is_suppressed(channel=delivery.channel, address=address)
 
 
 def _reached_any(delivery: Delivery) -> bool:

@@ -8,6 +8,7 @@ the sweep can never move a delivery backwards or send it twice.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -47,6 +48,61 @@ def transition(
     """
     if not delivery_ids:
         return []
+    assignments, params = _set_clause(
+        to,
+        note=note,
+        lease_seconds=lease_seconds,
+        count_attempt=count_attempt,
+        merge_results=merge_results,
+        fields=fields,
+    )
+    # Column names come from _TIMESTAMP_COLUMN and _SETTABLE only; values are parameters.
+    sql = (
+        f"UPDATE notifications_delivery SET {assignments} "  # noqa: S608
+        "WHERE id = ANY(%s) AND status = ANY(%s) RETURNING id, channel, attempts"
+    )
+    params += [list(delivery_ids), [status.value for status in allowed_from]]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [(row[0], row[1], row[2]) for row in cursor.fetchall()]
+
+
+def transition_broadcast(
+    broadcast_id: uuid.UUID,
+    *,
+    to: DeliveryStatus,
+    allowed_from: tuple[DeliveryStatus, ...],
+    note: dict[str, Any] | None = None,
+    **fields: Any,
+) -> int:
+    """Move every delivery of a broadcast that is in ``allowed_from`` to ``to``, in one
+    UPDATE; returns how many moved. Rows are selected by the broadcast, not listed by id,
+    because a broadcast may hold millions of them (the notifications' partial unique index
+    starts with broadcast_id, so the join is an index scan)."""
+    assignments, params = _set_clause(
+        to, note=note, lease_seconds=None, count_attempt=False, merge_results=None, fields=fields
+    )
+    sql = (
+        f"UPDATE notifications_delivery SET {assignments} "  # noqa: S608
+        "WHERE notification_id IN (SELECT id FROM notifications_notification"
+        " WHERE broadcast_id = %s) AND status = ANY(%s)"
+    )
+    params += [broadcast_id, [status.value for status in allowed_from]]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+def _set_clause(
+    to: DeliveryStatus,
+    *,
+    note: dict[str, Any] | None,
+    lease_seconds: float | None,
+    count_attempt: bool,
+    merge_results: dict[str, Any] | None,
+    fields: dict[str, Any],
+) -> tuple[str, list[Any]]:
+    """The SET list of a transition and its parameters (shared by every kind of WHERE)."""
     unknown = set(fields) - _SETTABLE
     if unknown:
         raise ValueError(f"cannot set {sorted(unknown)} in a transition")
@@ -69,27 +125,25 @@ def transition(
     for column, value in fields.items():
         assignments.append(f"{column} = %s" + ("::jsonb" if column == "content" else ""))
         params.append(json.dumps(value) if column == "content" else value)
-    # Column names come from _TIMESTAMP_COLUMN and _SETTABLE only; values are parameters.
-    sql = (
-        f"UPDATE notifications_delivery SET {', '.join(assignments)} "  # noqa: S608
-        "WHERE id = ANY(%s) AND status = ANY(%s) RETURNING id, channel, attempts"
-    )
-    params += [list(delivery_ids), [status.value for status in allowed_from]]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [(row[0], row[1], row[2]) for row in cursor.fetchall()]
+    return ", ".join(assignments), params
 
 
 def claim(delivery_id: int) -> bool:
     """queued → sending, counting the attempt; False if another worker has it or it is done."""
+    return bool(claim_many([delivery_id]))
+
+
+def claim_many(delivery_ids: list[int], *, lease_seconds: float | None = None) -> list[int]:
+    """queued → sending for each delivery still queued, in one UPDATE … RETURNING; returns
+    the ids claimed (rows already sending, sent or skipped are left to whoever has them)."""
     moved = transition(
-        [delivery_id],
+        delivery_ids,
         to=DeliveryStatus.SENDING,
         allowed_from=(DeliveryStatus.QUEUED,),
-        lease_seconds=settings.NOTIFY_LEASE_SECONDS,
+        lease_seconds=lease_seconds or settings.NOTIFY_LEASE_SECONDS,
         count_attempt=True,
     )
-    return bool(moved)
+    return sorted(delivery_id for delivery_id, _, _ in moved)
 
 
 def requeue_expired(limit: int) -> list[tuple[int, str]]:

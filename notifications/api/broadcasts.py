@@ -1,0 +1,203 @@
+"""``POST /api/broadcasts``, ``GET /api/broadcasts/{id}``, ``POST /api/broadcasts/{id}/cancel``."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, cast
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import ParseError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_api_key.models import APIKey
+
+from channels.base import Channel
+from notifications.api.fields import (
+    RejectUnknownFieldsMixin,
+    StrictCharField,
+    reject_unstorable_json,
+)
+from notifications.api.parsers import (
+    BoundedJSONParser,
+    PayloadTooLarge,
+    _finite_float,
+    _reject_constant,
+)
+from notifications.api.views import ERROR_RESPONSE
+from notifications.exceptions import NotFound, ServiceError
+from notifications.models import Broadcast
+from notifications.services import broadcasts
+
+MAX_AUDIENCE_USER_IDS = 10_000
+
+
+class BulkJSONParser(BoundedJSONParser):
+    """The bounded JSON parser with the bulk endpoints' larger limit: 10,000 userIds do not
+    fit in the 64 KiB that single requests get."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        limit = settings.NOTIFY_FANOUT_MAX_BODY_BYTES
+        if stream is None:
+            return {}
+        raw = stream.read(limit + 1)
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+        try:
+            return json.loads(
+                raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+            )
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ParseError(f"Malformed JSON: {exc}") from exc
+
+
+class AudienceSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
+    topic = StrictCharField(max_length=128, required=False)
+    userIds = serializers.ListField(
+        child=StrictCharField(max_length=255),
+        required=False,
+        allow_empty=False,
+        max_length=MAX_AUDIENCE_USER_IDS,
+    )
+    all = serializers.BooleanField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if len(attrs) != 1:
+            raise serializers.ValidationError(
+                'Give exactly one of {"topic": key}, {"userIds": [...]} or {"all": true}.'
+            )
+        if "all" in attrs and attrs["all"] is not True:
+            raise serializers.ValidationError({"all": ['Only {"all": true} is meaningful.']})
+        if "userIds" in attrs:
+            # Duplicates would be one notification anyway; keep the stored audience small.
+            attrs["userIds"] = list(dict.fromkeys(attrs["userIds"]))
+        return attrs
+
+
+class BroadcastRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
+    event = StrictCharField(max_length=128)
+    audience = AudienceSerializer()
+    channels = serializers.ListField(
+        child=serializers.ChoiceField(choices=Channel.choices),
+        required=False,
+        allow_empty=False,
+        max_length=len(Channel.choices),
+    )
+    data = serializers.DictField(required=False, default=dict)  # type: ignore[assignment]
+    idempotencyKey = StrictCharField(max_length=255, required=False)
+
+    def validate_data(self, value: dict[str, Any]) -> dict[str, Any]:
+        reject_unstorable_json(value)
+        return value
+
+
+class BroadcastAcceptedSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+
+
+def _idempotency_key(request: Request, body_key: str | None) -> str | None:
+    header_key = request.headers.get("Idempotency-Key")
+    if header_key is not None and body_key is not None and header_key != body_key:
+        raise ServiceError(
+            "Idempotency-Key header and idempotencyKey differ.",
+            fields={"idempotencyKey": ["Does not match the Idempotency-Key header."]},
+        )
+    key = body_key or header_key or None
+    if key is not None and len(key) > 255:
+        raise ServiceError(
+            "Idempotency key too long.", fields={"idempotencyKey": ["At most 255 characters."]}
+        )
+    return key
+
+
+class BroadcastListView(APIView):
+    parser_classes = [BulkJSONParser]
+
+    @extend_schema(
+        request=BroadcastRequestSerializer,
+        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER)],
+        responses={
+            202: BroadcastAcceptedSerializer,
+            200: OpenApiResponse(BroadcastAcceptedSerializer, description="Idempotent replay."),
+            400: ERROR_RESPONSE,
+            401: ERROR_RESPONSE,
+            409: ERROR_RESPONSE,
+            413: ERROR_RESPONSE,
+            415: ERROR_RESPONSE,
+            422: ERROR_RESPONSE,
+        },
+        summary="Broadcast an event to a topic, a list of users or everyone",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = BroadcastRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        payload: dict[str, Any] = serializer.validated_data
+        result = broadcasts.broadcast_accept(
+            api_key=cast(APIKey, request.auth),
+            event_key=payload["event"],
+            audience=dict(payload["audience"]),
+            channels=payload.get("channels"),
+            data=payload["data"],
+            idempotency_key=_idempotency_key(request, payload.get("idempotencyKey")),
+        )
+        if result.replayed:
+            return Response(result.body, status=200, headers={"Idempotent-Replayed": "true"})
+        return Response(result.body, status=status.HTTP_202_ACCEPTED)
+
+
+def _audience_summary(audience: dict[str, Any]) -> dict[str, Any]:
+    # Progress is polled; echoing 10,000 userIds on every poll would dwarf the answer.
+    if "userIds" in audience:
+        return {"userIds": len(audience["userIds"])}
+    return audience
+
+
+def broadcast_representation(broadcast: Broadcast) -> dict[str, Any]:
+    return {
+        "id": str(broadcast.pk),
+        "event": broadcast.event.key,
+        "audience": _audience_summary(broadcast.audience),
+        "channels": broadcast.channels,
+        "status": broadcast.status,
+        "recipientsTotal": broadcast.recipients_total,
+        "createdAt": broadcast.created_at.isoformat(),
+        "fannedOutAt": broadcast.fanned_out_at.isoformat() if broadcast.fanned_out_at else None,
+        "cancelledAt": broadcast.cancelled_at.isoformat() if broadcast.cancelled_at else None,
+        "deliveries": broadcasts.broadcast_delivery_counts(broadcast_id=broadcast.pk),
+    }
+
+
+_PROGRESS = OpenApiResponse(
+    OpenApiTypes.OBJECT,
+    description="The broadcast, its recipients total and its deliveries counted by status "
+    '(skipped ones also by reason), overall and per channel. "audience" shows a userIds list '
+    "as its length.",
+)
+
+
+class BroadcastDetailView(APIView):
+    @extend_schema(responses={200: _PROGRESS, 404: ERROR_RESPONSE}, summary="Broadcast progress")
+    def get(self, request: Request, broadcast_id: uuid.UUID) -> Response:
+        broadcast = broadcasts.broadcast_get(broadcast_id=broadcast_id)
+        if broadcast is None:
+            raise NotFound("No such broadcast.")
+        return Response(broadcast_representation(broadcast))
+
+
+class BroadcastCancelView(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: _PROGRESS, 404: ERROR_RESPONSE},
+        summary="Cancel a broadcast: what has not been sent yet is skipped",
+    )
+    def post(self, request: Request, broadcast_id: uuid.UUID) -> Response:
+        if not broadcasts.broadcast_cancel(broadcast_id=broadcast_id):
+            raise NotFound("No such broadcast.")
+        broadcast = broadcasts.broadcast_get(broadcast_id=broadcast_id)
+        assert broadcast is not None
+        return Response(broadcast_representation(broadcast))

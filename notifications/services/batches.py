@@ -1,0 +1,190 @@
+"""Batch delivery: one task claims many deliveries of a channel and sends each as if single.
+
+One claim (``UPDATE … WHERE id = ANY(…) AND status = 'queued' RETURNING``) and one load
+replace a task, a claim and a load per delivery; everything after the claim (checks,
+outcome, dead letter, side effects) is ``deliveries.delivery_prepare`` / ``delivery_record``,
+the very code single deliveries run. Provider calls may run in a small thread pool per
+channel (NOTIFY_DELIVERY_BATCH_THREADS): e-mail, SMS and push calls mostly wait on the
+network; the database work stays on the task's own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connections
+
+from channels.base import PermanentDeliveryError, ProviderResult, TransientDeliveryError
+from notifications.services import transitions
+from notifications.services.deliveries import (
+    Outcome,
+    ReadyToSend,
+    claimed_deliveries,
+    delivery_dead_letter,
+    delivery_prepare,
+    delivery_record,
+)
+
+logger = logging.getLogger(__name__)
+
+_ProviderAnswer = ProviderResult | TransientDeliveryError | PermanentDeliveryError
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A delivery of the batch that failed transiently: back in ``queued``, to be retried
+    alone (as a single delivery task) after ``retry_after`` if the provider said so."""
+
+    delivery_id: int
+    channel: str
+    priority: str
+    retry_after: float | None
+
+
+@dataclass
+class BatchResult:
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    retries: list[Retry] = field(default_factory=list)
+
+
+def deliveries_send_batch(
+    *, delivery_ids: list[int], channel: str, task_name: str = ""
+) -> BatchResult:
+    """Claim the batch's still-queued deliveries at once, then send each as a single one.
+
+    Rows already sending, sent or skipped (a redelivered batch, a single retry, a cancelled
+    broadcast) are not claimed and come back as NOT_CLAIMED.
+    """
+    result = BatchResult(outcomes=dict.fromkeys(delivery_ids, Outcome.NOT_CLAIMED))
+    threads = batch_threads(channel)
+    claimed = transitions.claim_many(
+        list(delivery_ids), lease_seconds=_batch_lease(len(delivery_ids), threads)
+    )
+    if not claimed:
+        return result
+    ready: list[ReadyToSend] = []
+    for delivery in claimed_deliveries(claimed):
+        prepared = _guarded(result, delivery.pk, task_name, partial(delivery_prepare, delivery))
+        if isinstance(prepared, ReadyToSend):
+            ready.append(prepared)
+        elif prepared is not None:
+            result.outcomes[delivery.pk] = prepared
+    for item, answer in _call_providers(ready, threads):
+        _guarded(
+            result, item.delivery.pk, task_name, partial(_record, item, answer, result, task_name)
+        )
+    return result
+
+
+def batch_threads(channel: str) -> int:
+    return max(1, int(settings.NOTIFY_DELIVERY_BATCH_THREADS.get(channel, 1)))
+
+
+def _record(
+    item: ReadyToSend,
+    answer: Callable[[], _ProviderAnswer],
+    result: BatchResult,
+    task_name: str,
+) -> Outcome:
+    reply = answer()
+    delivery = item.delivery
+    try:
+        if isinstance(reply, ProviderResult):
+            outcome = delivery_record(item, result=reply, task_name=task_name)
+        else:
+            outcome = delivery_record(item, error=reply, task_name=task_name)
+    except TransientDeliveryError as exc:
+        # Already recorded as queued by delivery_record; the task schedules the retry.
+        outcome = Outcome.RETRY
+        result.retries.append(
+            Retry(
+                delivery_id=delivery.pk,
+                channel=delivery.channel,
+                priority=delivery.notification.priority,
+                retry_after=exc.retry_after,
+            )
+        )
+    result.outcomes[delivery.pk] = outcome
+    return outcome
+
+
+def _guarded(
+    result: BatchResult, delivery_id: int, task_name: str, step: Callable[[], T]
+) -> T | None:
+    """Run one delivery's step; a bug or misconfiguration fails that delivery only.
+
+    That is what a single delivery task's ``on_failure`` does with the same error (dead
+    letter with the traceback), so the rest of the batch is not held hostage by one row. A
+    database that went away is not one delivery's problem: it propagates, and the claimed
+    rows left in ``sending`` are re-enqueued by the sweep when their lease runs out.
+    """
+    try:
+        return step()
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        logger.exception("delivery %s failed in a batch", delivery_id)
+        # Devices a push reached before a configuration error are kept (as on_failure does).
+        partial = getattr(exc, "partial", None) or {}
+        delivery_dead_letter(
+            delivery_id=delivery_id,
+            error=exc,
+            traceback=traceback.format_exc(),
+            task_name=task_name,
+            results={token: outcome.as_json() for token, outcome in partial.items()},
+        )
+        result.outcomes[delivery_id] = Outcome.FAILED
+        return None
+
+
+def _call_providers(
+    ready: list[ReadyToSend], threads: int
+) -> Iterator[tuple[ReadyToSend, Callable[[], _ProviderAnswer]]]:
+    """Each delivery with a callable giving its provider's answer, in batch order.
+
+    The callable raises what the provider raised beyond delivery errors (a bug, a
+    configuration error), so that lands in that delivery's ``_guarded`` step.
+    """
+    if threads <= 1 or len(ready) <= 1:
+        for item in ready:
+            yield item, partial(_answer, item)
+        return
+    with ThreadPoolExecutor(
+        max_workers=min(threads, len(ready)), thread_name_prefix="batch-send"
+    ) as pool:
+        futures = [(item, pool.submit(_answer_in_thread, item)) for item in ready]
+        for item, future in futures:
+            yield item, future.result
+
+
+def _answer(item: ReadyToSend) -> _ProviderAnswer:
+    try:
+        return item.provider.send(item.message)
+    except (TransientDeliveryError, PermanentDeliveryError) as exc:
+        return exc
+
+
+def _answer_in_thread(item: ReadyToSend) -> _ProviderAnswer:
+    try:
+        return _answer(item)
+    finally:
+        # A provider that writes rows (in-app) opened a connection in this thread; the pool
+        # thread dies with the batch, so close it rather than leak it.
+        connections.close_all()
+
+
+def _batch_lease(size: int, threads: int) -> float:
+    """Long enough for the whole batch to get through its provider calls even if every one
+    of them runs into the timeout; otherwise the sweep could hand a delivery still waiting
+    in this batch to a second worker."""
+    rounds = math.ceil(size / threads)
+    return float(settings.NOTIFY_LEASE_SECONDS + rounds * settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS)

@@ -1,0 +1,252 @@
+"""Broadcasts: accept one event for an audience, show how far it got, cancel it.
+
+Accepting only records the broadcast (idempotently, like ``POST /api/notify``) and starts
+the fan-out task after commit; the Notification and Delivery rows are written by
+``notifications.services.fanout``, a page of recipients at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+from rest_framework_api_key.models import APIKey
+
+from notifications.exceptions import (
+    IdempotencyConflict,
+    NoChannels,
+    TemplateError,
+    UnknownEvent,
+    Unprocessable,
+)
+from notifications.models import Broadcast, DeliveryStatus
+from notifications.rendering import TemplateRenderError, render_template
+from notifications.selectors import EventCatalog, event_catalog
+from notifications.services import transitions
+from notifications.services.accept import AcceptResult
+from notifications.services.fanout import enqueue_fanout
+from preferences.models import Topic
+
+
+class UnknownTopic(Unprocessable):
+    code = "unknown_topic"
+
+
+def broadcast_fingerprint(
+    *, event: str, audience: dict[str, Any], channels: list[str] | None, data: dict[str, Any]
+) -> str:
+    body = {"event": event, "audience": audience, "channels": channels, "data": data}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def broadcast_accept(
+    *,
+    api_key: APIKey,
+    event_key: str,
+    audience: dict[str, Any],
+    channels: list[str] | None,
+    data: dict[str, Any],
+    idempotency_key: str | None,
+) -> AcceptResult:
+    """Record a broadcast and start its fan-out after commit.
+
+    Same idempotency key and body again: the first answer, replayed; same key, another body:
+    409. The unique (api key, idempotency key) index decides, as for single notifications.
+    """
+    fingerprint = broadcast_fingerprint(
+        event=event_key, audience=audience, channels=channels, data=data
+    )
+    catalog = event_catalog(key=event_key)
+    if catalog is None:
+        raise UnknownEvent(f"Unknown event {event_key!r}.", fields={"event": ["Unknown event."]})
+    wanted = list(
+        dict.fromkeys(channels if channels is not None else catalog.event.default_channels)
+    )
+    if not wanted:
+        raise NoChannels(
+            f"Event {event_key!r} has no default channels and the request named none.",
+            fields={"channels": ["Name at least one channel."]},
+        )
+    if "topic" in audience and not Topic.objects.filter(key=audience["topic"]).exists():
+        replay = _replay_if_known(api_key, idempotency_key, fingerprint)
+        if replay is not None:  # the topic was deleted since: answer as we did
+            return replay
+        raise UnknownTopic(
+            f"Unknown topic {audience['topic']!r}.",
+            fields={"audience": {"topic": ["Unknown topic."]}},
+        )
+    _check_templates(catalog, wanted, data)
+    broadcast_id = uuid.uuid4()
+    body = {"id": str(broadcast_id), "status": Broadcast.Status.PENDING.value}
+    with transaction.atomic():
+        inserted = _insert_broadcast(
+            broadcast_id=broadcast_id,
+            api_key=api_key,
+            catalog=catalog,
+            audience=audience,
+            channels=wanted,
+            data=data,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            body=body,
+        )
+        if not inserted:
+            replay = _replay_if_known(api_key, idempotency_key, fingerprint)
+            if replay is None:
+                raise IdempotencyConflict("Concurrent request with this idempotency key.")
+            return replay
+        transaction.on_commit(lambda: enqueue_fanout(broadcast_id))
+    return AcceptResult(body=body, replayed=False)
+
+
+def _check_templates(catalog: EventCatalog, channels: list[str], data: dict[str, Any]) -> None:
+    """Render every template of the wanted channels once, so a template that cannot render
+    (syntax, a missing include) is a 422 now rather than a million skipped deliveries."""
+    context = {
+        **data,
+        "data": data,
+        "recipient": {"id": "", "email": "", "locale": ""},
+        "event": catalog.event.key,
+        "notification_id": "",
+    }
+    for template in catalog.templates:
+        if template.channel in channels:
+            try:
+                render_template(template, context)
+            except TemplateRenderError as exc:
+                raise TemplateError(str(exc)) from exc
+
+
+_INSERT_SQL = """
+INSERT INTO notifications_broadcast
+    (id, api_key_id, event_id, audience, channels, data, idempotency_key, request_fingerprint,
+     accept_response, status, fanout_cursor, recipients_total, created_at)
+VALUES (%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s::jsonb, 'pending', 0, 0, now())
+ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
+RETURNING id
+"""
+
+
+def _insert_broadcast(
+    *,
+    broadcast_id: uuid.UUID,
+    api_key: APIKey,
+    catalog: EventCatalog,
+    audience: dict[str, Any],
+    channels: list[str],
+    data: dict[str, Any],
+    idempotency_key: str | None,
+    fingerprint: str,
+    body: dict[str, Any],
+) -> bool:
+    """Insert unless the idempotency key is taken (the unique index decides, not a read)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_SQL,
+            [
+                broadcast_id,
+                api_key.pk,
+                catalog.event.pk,
+                json.dumps(audience),
+                # Resolved now, so every page of the fan-out uses the same channels even if
+                # the event's defaults are edited meanwhile.
+                json.dumps(channels),
+                json.dumps(data),
+                idempotency_key,
+                fingerprint,
+                json.dumps(body),
+            ],
+        )
+        return cursor.fetchone() is not None
+
+
+def _replay_if_known(
+    api_key: APIKey, idempotency_key: str | None, fingerprint: str
+) -> AcceptResult | None:
+    if not idempotency_key:
+        return None
+    existing = (
+        Broadcast.objects.filter(api_key=api_key, idempotency_key=idempotency_key)
+        .only("request_fingerprint", "accept_response")
+        .first()
+    )
+    if existing is None:
+        return None
+    if existing.request_fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            "This idempotency key was already used with a different request body.",
+            fields={"idempotencyKey": ["Already used with a different body."]},
+        )
+    return AcceptResult(body=existing.accept_response, replayed=True)
+
+
+def broadcast_cancel(*, broadcast_id: uuid.UUID) -> bool:
+    """Stop a broadcast: the fan-out stops at its next page, and every delivery still queued
+    is skipped with reason ``cancelled`` (one UPDATE). Deliveries already sending finish.
+
+    False if there is no such broadcast; cancelling twice changes nothing the second time.
+    """
+    with transaction.atomic():
+        # Taking the broadcast row first serialises with a fan-out page in flight: either the
+        # page commits first and its deliveries are skipped below, or it sees `cancelled`.
+        moved = (
+            Broadcast.objects.filter(pk=broadcast_id)
+            .exclude(status=Broadcast.Status.CANCELLED)
+            .update(status=Broadcast.Status.CANCELLED, cancelled_at=timezone.now())
+        )
+        if moved:
+            transitions.transition_broadcast(
+                broadcast_id,
+                to=DeliveryStatus.SKIPPED,
+                allowed_from=(DeliveryStatus.QUEUED,),
+                note={"reason": "cancelled"},
+                reason="cancelled",
+            )
+    return bool(moved) or Broadcast.objects.filter(pk=broadcast_id).exists()
+
+
+# --- reads ---------------------------------------------------------------------------------
+
+
+def broadcast_get(*, broadcast_id: uuid.UUID) -> Broadcast | None:
+    return Broadcast.objects.select_related("event").filter(pk=broadcast_id).first()
+
+
+_COUNTS_SQL = """
+SELECT d.channel, d.status, CASE WHEN d.status = 'skipped' THEN d.reason ELSE '' END, count(*)
+FROM notifications_notification n
+JOIN notifications_delivery d ON d.notification_id = n.id
+WHERE n.broadcast_id = %s
+GROUP BY 1, 2, 3
+"""
+_STATUSES = [status.value for status in DeliveryStatus]
+
+
+def broadcast_delivery_counts(*, broadcast_id: uuid.UUID) -> dict[str, Any]:
+    """Deliveries by status (skipped ones also by reason), overall and per channel.
+
+    One GROUP BY, whatever the size of the broadcast; the notifications are found through
+    the partial unique index that starts with broadcast_id.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_COUNTS_SQL, [broadcast_id])
+        rows = cursor.fetchall()
+    overall = _empty_counts()
+    by_channel: dict[str, dict[str, Any]] = defaultdict(_empty_counts)
+    for channel, status, reason, count in rows:
+        for counts in (overall, by_channel[channel]):
+            counts["total"] += count
+            counts[status] += count
+            if status == DeliveryStatus.SKIPPED:
+                counts["skippedByReason"][reason] = counts["skippedByReason"].get(reason, 0) + count
+    return {**overall, "byChannel": dict(sorted(by_channel.items()))}
+
+
+def _empty_counts() -> dict[str, Any]:
+    return {"total": 0, **dict.fromkeys(_STATUSES, 0), "skippedByReason": {}}

@@ -1,0 +1,283 @@
+"""Fan-out of a broadcast: one keyset page of recipients per task run.
+
+Each page costs a constant number of queries whatever its size: the broadcast, the event's
+catalog (cached), one statement for the recipients with all their sending context, one
+multi-row INSERT of notifications, one of deliveries, one UPDATE of the broadcast's cursor.
+The three writes share a transaction, and the cursor only moves if it is still where this
+run found it, so a page that runs twice (redelivered task, two chains) commits once; the
+notification INSERT is also ``ON CONFLICT (broadcast_id, recipient_id) DO NOTHING``.
+After commit, the page's queued deliveries are published in batches on the bulk lanes and
+the next page is chained.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import uuid
+from collections import defaultdict
+from enum import StrEnum
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.db import connection, transaction
+
+from channels import push
+from channels.base import Channel
+from notifications.models import Broadcast, DeliveryStatus
+from notifications.selectors import event_catalog
+from notifications.services.enqueue import queue_for
+from notifications.services.fanout_plan import Planned, Planner
+from preferences import selectors as recipients
+from preferences.models import Priority, Recipient
+
+logger = logging.getLogger(__name__)
+
+FANOUT_TASK = "notifications.tasks.broadcast_fanout"
+FANOUT_QUEUE = "maintenance"
+BATCH_TASK_BY_CHANNEL = {
+    channel: f"notifications.tasks.deliver_{channel}_batch" for channel in Channel.values
+}
+_ACTIVE = (Broadcast.Status.PENDING, Broadcast.Status.FANNING_OUT)
+
+
+class PageOutcome(StrEnum):
+    MORE = "more"  # a page was written and the next one chained
+    DONE = "done"  # the audience is exhausted: the broadcast is fanned out
+    STOPPED = "stopped"  # cancelled, finished, unknown, or another run took this page
+
+
+def broadcast_fanout_page(*, broadcast_id: uuid.UUID) -> PageOutcome:
+    """Write the next page of a broadcast's notifications and deliveries."""
+    row = (
+        Broadcast.objects.filter(pk=broadcast_id)
+        .values(
+            "status", "fanout_cursor", "audience", "channels", "data", "api_key_id", "event__key"
+        )
+        .first()
+    )
+    if row is None or row["status"] not in _ACTIVE:
+        return PageOutcome.STOPPED
+    catalog = event_catalog(key=row["event__key"])
+    if catalog is None:  # events are PROTECTed while broadcasts use them; kept as a guard
+        return PageOutcome.STOPPED
+    channels: list[str] = row["channels"] or list(catalog.event.default_channels)
+    page_size = int(settings.NOTIFY_FANOUT_PAGE)
+    cursor = int(row["fanout_cursor"])
+    page = recipients.audience_page(
+        audience=row["audience"],
+        after=cursor,
+        limit=page_size,
+        category_id=catalog.event.category_id,
+        platforms=push.configured_platforms() if Channel.PUSH in channels else (),
+    )
+    last = len(page) < page_size
+    # Decided and rendered before the transaction, so its locks are held for the writes only.
+    planner = Planner(catalog, channels, row["data"])
+    ids = {recipient.pk: uuid.uuid4() for recipient in page}
+    plans = {recipient.pk: planner.plan(recipient, ids[recipient.pk]) for recipient in page}
+    with transaction.atomic():
+        inserted = _insert_notifications(
+            broadcast_id=broadcast_id,
+            api_key_id=row["api_key_id"],
+            event_id=catalog.event.pk,
+            data=row["data"],
+            page=[(ids[recipient.pk], recipient) for recipient in page],
+        )
+        queued = _insert_deliveries(
+            [
+                (notification_id, plan)
+                for notification_id, recipient_id in inserted
+                for plan in plans[recipient_id]
+            ]
+        )
+        moved = _advance(
+            broadcast_id,
+            from_cursor=cursor,
+            to_cursor=page[-1].pk if page else cursor,
+            added=len(inserted),
+            last=last,
+        )
+        if not moved:
+            # Cancelled meanwhile, or another run wrote this page first: undo ours.
+            transaction.set_rollback(True)
+            return PageOutcome.STOPPED
+        transaction.on_commit(
+            functools.partial(_publish, broadcast_id, queued, chain_next=not last)
+        )
+    return PageOutcome.DONE if last else PageOutcome.MORE
+
+
+_INSERT_NOTIFICATIONS_SQL = """
+INSERT INTO notifications_notification
+    (id, api_key_id, recipient_id, external_user_id, event_id, data, priority, broadcast_id,
+     idempotency_key, request_fingerprint, accept_response, created_at)
+SELECT page.id, %(api_key)s, page.recipient_id, page.external_id, %(event)s, %(data)s::jsonb,
+       %(priority)s, %(broadcast)s, NULL, '', '{}'::jsonb, now()
+FROM unnest(%(ids)s::uuid[], %(recipient_ids)s::bigint[], %(external_ids)s::text[])
+     AS page(id, recipient_id, external_id)
+ON CONFLICT (broadcast_id, recipient_id) WHERE broadcast_id IS NOT NULL DO NOTHING
+RETURNING id, recipient_id
+"""
+
+
+def _insert_notifications(
+    *,
+    broadcast_id: uuid.UUID,
+    api_key_id: str,
+    event_id: int,
+    data: dict[str, Any],
+    page: list[tuple[uuid.UUID, Recipient]],
+) -> list[tuple[uuid.UUID, int]]:
+    """One multi-row INSERT (arrays unnested server-side: one statement, one round trip,
+    whatever the page size); returns (notification id, recipient id) of the rows created."""
+    if not page:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_NOTIFICATIONS_SQL,
+            {
+                "api_key": api_key_id,
+                "event": event_id,
+                "data": json.dumps(data),
+                "priority": Priority.BULK.value,
+                "broadcast": broadcast_id,
+                "ids": [str(notification_id) for notification_id, _ in page],
+                "recipient_ids": [recipient.pk for _, recipient in page],
+                "external_ids": [recipient.external_id for _, recipient in page],
+            },
+        )
+        return [(row[0], row[1]) for row in cursor.fetchall()]
+
+
+_INSERT_DELIVERIES_SQL = """
+INSERT INTO notifications_delivery
+    (notification_id, channel, status, reason, content, provider, provider_message_id,
+     attempts, last_error, history, results, lease_until, queued_at, skipped_at)
+SELECT d.notification_id, d.channel, d.status, d.reason, (%(contents)s::jsonb[])[d.content],
+       '', '', 0, '',
+       jsonb_build_array(jsonb_build_object('status', d.status, 'at', now(), 'attempt', 0)
+           || CASE WHEN d.reason = '' THEN '{}'::jsonb
+                   ELSE jsonb_build_object('reason', d.reason) END),
+       '{}'::jsonb,
+       CASE WHEN d.status = 'queued' THEN now() + make_interval(secs => %(lease)s) END,
+       CASE WHEN d.status = 'queued' THEN now() END,
+       CASE WHEN d.status = 'skipped' THEN now() END
+FROM unnest(%(notifications)s::uuid[], %(channels)s::text[], %(statuses)s::text[],
+            %(reasons)s::text[], %(content)s::int[])
+     AS d(notification_id, channel, status, reason, content)
+RETURNING id, channel, status
+"""
+
+
+def _insert_deliveries(rows: list[tuple[uuid.UUID, Planned]]) -> list[tuple[int, str]]:
+    """One multi-row INSERT of every delivery of the page; returns (id, channel) of those
+    queued. Content rendered once is sent once (an index into a small array per row)."""
+    if not rows:
+        return []
+    contents: dict[str, int] = {}
+    indexes = []
+    for _, plan in rows:
+        text = json.dumps(plan.content or {}, sort_keys=True)
+        indexes.append(contents.setdefault(text, len(contents) + 1))  # SQL arrays start at 1
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_DELIVERIES_SQL,
+            {
+                "contents": list(contents),
+                "lease": settings.NOTIFY_FANOUT_LEASE_SECONDS,
+                "notifications": [str(notification_id) for notification_id, _ in rows],
+                "channels": [plan.channel for _, plan in rows],
+                "statuses": [plan.status for _, plan in rows],
+                "reasons": [plan.reason for _, plan in rows],
+                "content": indexes,
+            },
+        )
+        return sorted(
+            (row[0], row[1]) for row in cursor.fetchall() if row[2] == DeliveryStatus.QUEUED
+        )
+
+
+def _advance(
+    broadcast_id: uuid.UUID, *, from_cursor: int, to_cursor: int, added: int, last: bool
+) -> bool:
+    """Move the keyset cursor past this page, if nobody moved it (and nobody cancelled)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE notifications_broadcast
+            SET fanout_cursor = %(to)s,
+                recipients_total = recipients_total + %(added)s,
+                status = CASE WHEN %(last)s THEN 'fanned_out' ELSE 'fanning_out' END,
+                fanned_out_at = CASE WHEN %(last)s THEN now() END
+            WHERE id = %(id)s AND fanout_cursor = %(from)s
+              AND status IN ('pending', 'fanning_out')
+            """,
+            {
+                "to": to_cursor,
+                "added": added,
+                "last": last,
+                "id": broadcast_id,
+                "from": from_cursor,
+            },
+        )
+        return cursor.rowcount == 1
+
+
+def _publish(broadcast_id: uuid.UUID, queued: list[tuple[int, str]], *, chain_next: bool) -> None:
+    """After commit: the page's deliveries in batches on their bulk lanes, then the next page.
+
+    A broker outage is logged, not raised: the deliveries carry a lease, so the sweep
+    re-enqueues them, and ``broadcasts_resume`` restarts a fan-out whose chain broke.
+    """
+    size = max(1, int(settings.NOTIFY_DELIVERY_BATCH))
+    by_channel: dict[str, list[int]] = defaultdict(list)
+    for delivery_id, channel in queued:
+        by_channel[channel].append(delivery_id)
+    try:
+        with current_app.producer_or_acquire() as producer:
+            for channel, ids in sorted(by_channel.items()):
+                for start in range(0, len(ids), size):
+                    current_app.send_task(
+                        BATCH_TASK_BY_CHANNEL[channel],
+                        args=(ids[start : start + size],),
+                        queue=queue_for(channel, Priority.BULK),
+                        producer=producer,
+                    )
+            if chain_next:
+                current_app.send_task(
+                    FANOUT_TASK, args=(str(broadcast_id),), queue=FANOUT_QUEUE, producer=producer
+                )
+    except Exception:
+        logger.warning(
+            "broadcast %s: could not publish a fan-out page's tasks; the sweep re-enqueues the"
+            " deliveries and the resume task the fan-out",
+            broadcast_id,
+            exc_info=True,
+        )
+
+
+def enqueue_fanout(broadcast_id: uuid.UUID) -> bool:
+    """Publish a fan-out task for the broadcast (called after commit)."""
+    try:
+        current_app.send_task(FANOUT_TASK, args=(str(broadcast_id),), queue=FANOUT_QUEUE)
+    except Exception:
+        logger.warning(
+            "broadcast %s: could not publish its fan-out; the resume task will",
+            broadcast_id,
+            exc_info=True,
+        )
+        return False
+    return True
+
+
+def broadcasts_resume() -> int:
+    """Restart the fan-out of every broadcast not yet fanned out (periodic).
+
+    A chain breaks only if publishing the next page failed; restarting one that is still
+    running is harmless: both runs compute the same page and only one commits it.
+    """
+    pending = list(Broadcast.objects.filter(status__in=_ACTIVE).values_list("pk", flat=True))
+    return sum(enqueue_fanout(broadcast_id) for broadcast_id in pending)
