@@ -16,10 +16,13 @@ class PayloadTooLarge(APIException):
 
 
 class BoundedJSONParser(JSONParser):
-    """JSON only, refusing bodies over NOTIFY_MAX_BODY_BYTES (with or without Content-Length)."""
+    """JSON only, refusing bodies over a size limit (with or without Content-Length)."""
+
+    # The setting that holds the limit; bulk endpoints name a larger one.
+    limit_setting = "NOTIFY_MAX_BODY_BYTES"
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        limit = settings.NOTIFY_MAX_BODY_BYTES
+        limit = int(getattr(settings, self.limit_setting))
         if stream is None:
             return {}
         raw = stream.read(limit + 1)

@@ -26,14 +26,9 @@ from notifications.models import Delivery, DeliveryStatus, Notification
 from notifications.rendering import TemplateRenderError, pick_templates, render_template
 from notifications.selectors import EventCatalog, event_catalog
 from notifications.services.enqueue import enqueue_on_commit
+from notifications.services.idempotency import AcceptResult, replay_if_known
 from preferences import selectors as recipients
 from preferences.models import Event, Recipient
-
-
-@dataclass(frozen=True)
-class AcceptResult:
-    body: dict[str, Any]
-    replayed: bool
 
 
 @dataclass(frozen=True)
@@ -86,7 +81,9 @@ def notification_accept(
     if recipient is None:
         # A replay of an accepted request still answers as it did, even if the user was
         # erased since.
-        replay = _replay_if_known(api_key, idempotency_key, fingerprint)
+        replay = replay_if_known(
+            Notification, api_key=api_key, idempotency_key=idempotency_key, fingerprint=fingerprint
+        )
         if replay is not None:
             return replay
         raise RecipientNotFound(f"No recipient with userId {user_id!r}.")
@@ -125,7 +122,12 @@ def notification_accept(
             body=body,
         )
         if not inserted:
-            replay = _replay_if_known(api_key, idempotency_key, fingerprint)
+            replay = replay_if_known(
+                Notification,
+                api_key=api_key,
+                idempotency_key=idempotency_key,
+                fingerprint=fingerprint,
+            )
             if replay is None:  # the conflicting row vanished (deleted): treat as a fresh race
                 raise IdempotencyConflict("Concurrent request with this idempotency key.")
             return replay
@@ -262,23 +264,3 @@ def _insert_notification(
             ],
         )
         return cursor.fetchone() is not None
-
-
-def _replay_if_known(
-    api_key: APIKey, idempotency_key: str | None, fingerprint: str
-) -> AcceptResult | None:
-    if not idempotency_key:
-        return None
-    existing = (
-        Notification.objects.filter(api_key=api_key, idempotency_key=idempotency_key)
-        .only("request_fingerprint", "accept_response")
-        .first()
-    )
-    if existing is None:
-        return None
-    if existing.request_fingerprint != fingerprint:
-        raise IdempotencyConflict(
-            "This idempotency key was already used with a different request body.",
-            fields={"idempotencyKey": ["Already used with a different body."]},
-        )
-    return AcceptResult(body=existing.accept_response, replayed=True)

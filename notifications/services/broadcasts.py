@@ -28,8 +28,8 @@ from notifications.models import Broadcast, DeliveryStatus
 from notifications.rendering import TemplateRenderError, render_template
 from notifications.selectors import EventCatalog, event_catalog
 from notifications.services import transitions
-from notifications.services.accept import AcceptResult
 from notifications.services.fanout import enqueue_fanout
+from notifications.services.idempotency import AcceptResult, replay_if_known
 from preferences.models import Topic
 
 
@@ -74,7 +74,9 @@ def broadcast_accept(
             fields={"channels": ["Name at least one channel."]},
         )
     if "topic" in audience and not Topic.objects.filter(key=audience["topic"]).exists():
-        replay = _replay_if_known(api_key, idempotency_key, fingerprint)
+        replay = replay_if_known(
+            Broadcast, api_key=api_key, idempotency_key=idempotency_key, fingerprint=fingerprint
+        )
         if replay is not None:  # the topic was deleted since: answer as we did
             return replay
         raise UnknownTopic(
@@ -97,7 +99,9 @@ def broadcast_accept(
             body=body,
         )
         if not inserted:
-            replay = _replay_if_known(api_key, idempotency_key, fingerprint)
+            replay = replay_if_known(
+                Broadcast, api_key=api_key, idempotency_key=idempotency_key, fingerprint=fingerprint
+            )
             if replay is None:
                 raise IdempotencyConflict("Concurrent request with this idempotency key.")
             return replay
@@ -164,26 +168,6 @@ def _insert_broadcast(
             ],
         )
         return cursor.fetchone() is not None
-
-
-def _replay_if_known(
-    api_key: APIKey, idempotency_key: str | None, fingerprint: str
-) -> AcceptResult | None:
-    if not idempotency_key:
-        return None
-    existing = (
-        Broadcast.objects.filter(api_key=api_key, idempotency_key=idempotency_key)
-        .only("request_fingerprint", "accept_response")
-        .first()
-    )
-    if existing is None:
-        return None
-    if existing.request_fingerprint != fingerprint:
-        raise IdempotencyConflict(
-            "This idempotency key was already used with a different request body.",
-            fields={"idempotencyKey": ["Already used with a different body."]},
-        )
-    return AcceptResult(body=existing.accept_response, replayed=True)
 
 
 def broadcast_cancel(*, broadcast_id: uuid.UUID) -> bool:
