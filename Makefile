@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format typecheck install services bench clean
+.PHONY: run test test-rabbitmq lint format typecheck install services bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,17 @@ run: install services
 test: install services lint typecheck
 	$(BIN)/pytest
 
+## test-rabbitmq: the same suite with RabbitMQ (guest/guest on 127.0.0.1:5672) as the broker, in
+## a vhost of its own, created if missing; not part of `make test`. RABBITMQ_QUORUM=1 declares
+## quorum queues, in another vhost (a queue's type is fixed when it is first declared).
+RABBITMQ_QUORUM ?= 0
+RABBITMQ_VHOST ?= notif_tests$(if $(filter 1,$(RABBITMQ_QUORUM)),_quorum)
+test-rabbitmq: install services
+	rabbitmqctl list_vhosts --silent | grep -qxF '$(RABBITMQ_VHOST)' || rabbitmqctl add_vhost '$(RABBITMQ_VHOST)'
+	rabbitmqctl set_permissions -p '$(RABBITMQ_VHOST)' guest '.*' '.*' '.*'
+	CELERY_BROKER_URL='amqp://guest:guest@127.0.0.1:5672/$(RABBITMQ_VHOST)' \
+	CELERY_RABBITMQ_QUORUM=$(RABBITMQ_QUORUM) $(BIN)/pytest
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -36,8 +47,14 @@ format: install
 typecheck: install
 	$(BIN)/mypy .
 
-bench: install services
+$(VENV)/.bench-installed: $(STAMP) requirements-bench.txt
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	touch $@
+
+## bench: the accept-path and the broadcast benchmarks (bench/README.md); about 20 minutes
+bench: install services $(VENV)/.bench-installed
 	$(BIN)/python bench/accept.py
+	$(BIN)/python bench/broadcast.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -242,9 +242,9 @@ CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # With acks_late a worker holds multiplier x concurrency messages; a transactional one that
-# arrives during a broadcast waits behind all of them, whatever the queue order. 1 cut in-app
-# p50 from 31 to 10 ms (8 -> 2 bulk tasks ahead, and x the task time for slow providers) and
-# cost no bulk throughput (bench/lanes.py, docs/lanes.md).
+# arrives during a broadcast waits behind all of them, whatever the queue order. 1 instead of
+# 4 cut in-app p50 from ~31 to ~10 ms (2 bulk tasks ahead instead of 8; with batches of 100,
+# p50 0.6 s -> 0.15 s) at no measurable bulk throughput (bench/lanes.py, docs/lanes.md).
 CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=1)
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -256,15 +256,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    # A worker consuming "email,email.bulk" (that order) always polls the transactional queue
-    # first. kombu's default round_robin alternates: a burst of 100 OTPs took twice as long,
-    # interleaved 1:1 with bulk (bench/lanes.py); a steady trickle does not show it.
-    "queue_order_strategy": env.str("CELERY_QUEUE_ORDER_STRATEGY", default="priority"),
-    # Must exceed the longest retry countdown, or Redis hands an unacked retry to a second
-    # worker (harmless thanks to the claim, but wasted work).
-    "visibility_timeout": max(3600, NOTIFY_RETRY_BACKOFF_MAX * 2),
-}
+# The broker's own options (Redis or RabbitMQ) follow the task routes, at the end.
 CELERY_TASK_DEFAULT_QUEUE = "maintenance"
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-deliveries": {
@@ -300,3 +292,58 @@ CELERY_TASK_ROUTES = {
     "notifications.tasks.deliver_inapp_batch": {"queue": "inapp.bulk"},
     "notifications.tasks.purge_expired_notifications": {"queue": "maintenance"},
 }
+
+# --- The broker: Redis or RabbitMQ (docs/scaling.md) -----------------------------------------
+# CELERY_BROKER_URL picks it: redis://… or amqp://user:password@host:5672/vhost. Each transport
+# gets only the options it understands.
+_BROKER_SCHEME = CELERY_BROKER_URL.partition("://")[0].lower()
+BROKER_IS_REDIS = _BROKER_SCHEME in {"redis", "rediss", "redis+socket", "sentinel"}
+BROKER_IS_AMQP = _BROKER_SCHEME in {"amqp", "amqps", "pyamqp"}
+# Every queue a task is routed to: each channel's transactional lane (<channel>) and bulk lane
+# (<channel>.bulk), and maintenance.
+NOTIFY_QUEUES = sorted({route["queue"] for route in CELERY_TASK_ROUTES.values()})
+# RabbitMQ only: declare the queues as quorum queues (replicated, durable). A queue's type is
+# fixed when it is first declared: switching an existing vhost means deleting its queues.
+RABBITMQ_QUORUM_QUEUES = BROKER_IS_AMQP and env.bool("CELERY_RABBITMQ_QUORUM", default=False)
+
+if BROKER_IS_REDIS:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # A worker consuming "email,email.bulk" (that order) always polls the transactional
+        # queue first. kombu's default round_robin alternates once both hold messages: a burst
+        # of 100 OTPs let 107 bulk tasks through instead of 8, and 100 batches (16 s instead of
+        # 1.5) when bulk is batched (bench/lanes.py, docs/lanes.md); a steady trickle does not
+        # show it. RabbitMQ has no such option: there the transactional-only worker per
+        # channel (docs/lanes.md) is what serves transactional first (docs/scaling.md).
+        "queue_order_strategy": env.str("CELERY_QUEUE_ORDER_STRATEGY", default="priority"),
+        # Must exceed the longest retry countdown, or Redis hands an unacked retry to a second
+        # worker (harmless thanks to the claim, but wasted work).
+        "visibility_timeout": max(3600, NOTIFY_RETRY_BACKOFF_MAX * 2),
+    }
+elif BROKER_IS_AMQP:
+    from kombu import Exchange, Queue
+
+    # One topic exchange, each queue bound by its own name: routes like the per-queue direct
+    # exchanges Celery would create, and is what RabbitMQ's native delayed delivery (retries'
+    # countdowns on quorum queues) can forward to; it skips direct exchanges.
+    _EXCHANGE = Exchange("notifications", type="topic")
+    _QUEUE_ARGUMENTS = {"x-queue-type": "quorum"} if RABBITMQ_QUORUM_QUEUES else None
+    CELERY_TASK_QUEUES = [
+        Queue(name, _EXCHANGE, routing_key=name, queue_arguments=_QUEUE_ARGUMENTS)
+        for name in NOTIFY_QUEUES
+    ]
+    CELERY_TASK_DEFAULT_EXCHANGE = _EXCHANGE.name
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = _EXCHANGE.type
+    CELERY_TASK_DEFAULT_ROUTING_KEY = CELERY_TASK_DEFAULT_QUEUE
+    # A queue named on the command line (-Q) but not listed above gets the same treatment.
+    CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = "quorum" if RABBITMQ_QUORUM_QUEUES else "classic"
+    CELERY_TASK_CREATE_MISSING_QUEUE_EXCHANGE_TYPE = _EXCHANGE.type
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Publisher confirms: a publish returns once RabbitMQ has the message (on a quorum
+        # queue: on a majority of its replicas), so "accepted" means "queued" (docs/scaling.md
+        # has the cost).
+        "confirm_publish": env.bool("CELERY_BROKER_CONFIRM_PUBLISH", default=True),
+    }
+    # Quorum queues refuse a global (per-channel) prefetch: the worker then sets it per
+    # consumer, statically, and schedules countdowns (retries) through RabbitMQ's native
+    # delayed delivery instead of holding them unacked. Celery detects it from the queues.
+    CELERY_WORKER_DETECT_QUORUM_QUEUES = True

@@ -96,7 +96,8 @@ def prepare(run_dir: Path, *, api_port: int, ports: Mapping[str, int]) -> Wiring
         Fake(
             "twilio",
             [*python, "devtools.fakes.twilio", "--port", str(ports["twilio"]),
-             "--account-sid", twilio_sid, "--auth-token", twilio_token,
+             # "=" form: a random token may start with "-", which argparse takes for an option.
+             "--account-sid", twilio_sid, f"--auth-token={twilio_token}",
              "--log", str(logs["twilio"])],
             f"fake twilio on 127.0.0.1:{ports['twilio']}",
             logs["twilio"],
@@ -104,7 +105,7 @@ def prepare(run_dir: Path, *, api_port: int, ports: Mapping[str, int]) -> Wiring
         Fake(
             "postmark",
             [*python, "devtools.fakes.postmark", "--port", str(ports["postmark"]),
-             "--server-token", postmark_token, "--log", str(logs["postmark"]),
+             f"--server-token={postmark_token}", "--log", str(logs["postmark"]),
              "--webhook-url", f"{api}/webhooks/anymail/postmark/tracking/",
              "--webhook-auth", webhook_secret],
             f"fake postmark on 127.0.0.1:{ports['postmark']}",

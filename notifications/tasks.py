@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 import uuid
 from collections import Counter
 from typing import Any
@@ -20,6 +22,18 @@ from notifications.services.enqueue import queue_for
 logger = logging.getLogger(__name__)
 
 
+# The routing key of a message RabbitMQ's native delayed delivery held (a countdown on quorum
+# queues): 28 binary digits of the delay, then the queue's own key.
+_DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")
+
+
+def _countdown(seconds: float) -> int:
+    """Whole seconds, rounded up: on quorum queues Celery schedules a countdown in whole
+    seconds and refuses one under a second (ValueError), which would dead-letter a delivery a
+    provider asked us to retry in 0.5 s."""
+    return math.ceil(seconds)
+
+
 class DeliveryTask(Task):  # type: ignore[misc]
     # Retried: provider hiccups and a database that blinked. Anything else is a bug or a
     # misconfiguration and goes straight to the dead-letter table via on_failure.
@@ -31,6 +45,23 @@ class DeliveryTask(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
+
+    def signature_from_request(
+        self,
+        request: Any = None,
+        args: Any = None,
+        kwargs: Any = None,
+        queue: str | None = None,
+        **extra_options: Any,
+    ) -> Any:
+        """A retry stays in the lane it came from (``email.bulk`` stays bulk). Celery rebuilds
+        it from the task's route (the transactional lane) when RabbitMQ's native delayed
+        delivery schedules its countdown, which quorum queues use."""
+        if queue is None:
+            info = (self.request if request is None else request).delivery_info or {}
+            lane = _DELAY_PREFIX.sub("", info.get("routing_key") or "")
+            queue = lane if lane in settings.NOTIFY_QUEUES else None
+        return super().signature_from_request(request, args, kwargs, queue=queue, **extra_options)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -57,7 +88,7 @@ def _deliver(task: Task, delivery_id: int) -> str:
     except TransientDeliveryError as exc:
         if exc.retry_after is not None:
             # The provider said when to come back; that beats our own backoff.
-            raise task.retry(exc=exc, countdown=exc.retry_after) from exc
+            raise task.retry(exc=exc, countdown=_countdown(exc.retry_after)) from exc
         raise
 
 
@@ -158,7 +189,7 @@ def _retry_alone(retries: list[batches.Retry]) -> None:
     dead letter (its on_failure). The batch task itself completes."""
     try:
         for retry in retries:
-            countdown = retry.retry_after
+            countdown = None if retry.retry_after is None else _countdown(retry.retry_after)
             if countdown is None:
                 countdown = get_exponential_backoff_interval(
                     factor=int(max(1.0, DeliveryTask.retry_backoff)),

@@ -1,43 +1,98 @@
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Any
 
 import pytest
-import redis
 from django.conf import settings
+from kombu import Connection, Queue
+from kombu.message import Message
 from rest_framework.test import APIClient
 from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
+from config.celery import app
 from devtools.fakes.smtp import FakeSMTPServer
 from preferences.models import Event
 from tests.factories import CategoryFactory, EventFactory, TemplateFactory, create_api_key
-from tests.workers import WorkerProcess, running_workers
+from tests.workers import WorkerProcess, broker_queues, purge_broker, running_workers
 
 QUEUES = ("push", "email", "sms", "inapp", "maintenance")
 
 
-@dataclass
 class Broker:
-    """The real Redis broker the tests publish to (its own database, see settings_test)."""
+    """The real broker the tests publish to, Redis or RabbitMQ (its own database or vhost, see
+    settings_test), read through kombu.
 
-    client: redis.Redis
+    A queue's messages are those waiting in it, plus, with RabbitMQ quorum queues, those whose
+    countdown is still running in the native delayed delivery queues (Redis and classic queues
+    keep such messages in the queue itself, the worker waits for the countdown).
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._delayed = [q for q in broker_queues() if q not in settings.NOTIFY_QUEUES]
 
     def queued(self, queue: str) -> int:
-        return int(self.client.llen(queue))
+        delayed = len(self._delayed_for(queue)) if self._delayed else 0
+        return self._ready(queue) + delayed
+
+    def messages(self, queue: str) -> list[dict[str, Any]]:
+        """The queue's messages, oldest first, left in place: ``{"headers", "body"}`` each, the
+        Celery protocol's headers (task, argsrepr, retries, eta…) and the decoded body."""
+        found = self._peek(queue)
+        if self._delayed:
+            found += self._delayed_for(queue)
+        return [{"headers": dict(m.headers), "body": m.decode()} for m in found]
 
     def purge(self) -> None:
-        self.client.flushdb()
+        purge_broker()
+
+    def _ready(self, queue: str) -> int:
+        with self.connection.channel() as channel:
+            try:
+                return int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except self.connection.channel_errors:  # never declared: RabbitMQ answers 404
+                return 0
+
+    def _peek(self, queue: str) -> list[Message]:
+        """Takes every message without acknowledging it, then rejects them in the order taken,
+        which puts them back in that order (RabbitMQ: their old place; Redis: re-pushed)."""
+        with self.connection.channel() as channel:
+            try:
+                channel.queue_declare(queue=queue, passive=True)
+            except self.connection.channel_errors:
+                return []
+        taken: list[Message] = []
+        with self.connection.channel() as channel:
+            bound = Queue(queue, no_declare=True).bind(channel)
+            while (message := bound.get(no_ack=False, accept=["json"])) is not None:
+                taken.append(message)
+            for message in taken:
+                message.requeue()
+        return taken
+
+    def _delayed_for(self, queue: str) -> list[Message]:
+        """Messages waiting out a countdown for ``queue`` (routing key "<28 bits>.<queue>")."""
+        return [
+            message
+            for delayed in self._delayed
+            for message in self._peek(delayed)
+            if DELAY_PREFIX.sub("", message.delivery_info["routing_key"]) == queue
+        ]
+
+
+DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")
 
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    b = Broker(client)
-    b.purge()
-    yield b
-    b.purge()
+    with app.connection_for_write() as connection:
+        b = Broker(connection)
+        b.purge()
+        yield b
+        b.purge()
 
 
 @pytest.fixture

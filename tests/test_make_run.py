@@ -15,13 +15,18 @@ from typing import Any
 
 import psycopg2
 import pytest
+from django.conf import settings
 from psycopg2 import sql
+
+from tests.workers import purge_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 # Not the pytest test database: run.py migrates and serves a database of its own.
 SMOKE_DB = "notifications_smoke"
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{SMOKE_DB}"
-BROKER_URL = "redis://127.0.0.1:6379/14"
+# Redis: a database of its own. RabbitMQ (make test-rabbitmq): the suite's vhost, emptied
+# first (no test's workers run while this test does), with the suite's queue type.
+REDIS_BROKER_URL = "redis://127.0.0.1:6379/14"
 TIMEOUT = 180
 FAKES = ("apns", "fcm", "twilio", "postmark")
 
@@ -43,6 +48,13 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _broker_url() -> str:
+    if settings.BROKER_IS_AMQP:
+        purge_broker()
+        return str(settings.CELERY_BROKER_URL)
+    return REDIS_BROKER_URL
 
 
 def _listening(port: int) -> bool:
@@ -77,7 +89,7 @@ def test_make_run_smoke_sends_the_demo_to_every_channel_and_stops_everything(
 ) -> None:
     _create_database()
     ports = {name: _free_port() for name in ("api", *FAKES)}
-    env = {**os.environ, "DATABASE_URL": DATABASE_URL, "CELERY_BROKER_URL": BROKER_URL}
+    env = {**os.environ, "DATABASE_URL": DATABASE_URL, "CELERY_BROKER_URL": _broker_url()}
     # pytest-django points this at the test settings; `make run` uses config.settings.
     env.pop("DJANGO_SETTINGS_MODULE", None)
     argv = [sys.executable, "devtools/run.py", "--smoke", "--run-dir", str(tmp_path / "run")]

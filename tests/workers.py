@@ -1,5 +1,5 @@
-"""Child processes for integration tests (Celery workers, standalone provider fakes) and waiting
-on observable conditions."""
+"""Child processes for integration tests (Celery workers, standalone provider fakes), waiting
+on observable conditions, and the broker they share (Redis or RabbitMQ, through kombu)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,17 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
-import redis
 from django.conf import settings
 from django.db import connection
+from kombu import Connection
+from kombu.transport.native_delayed_delivery import (
+    MAX_LEVEL,
+    bind_queue_to_native_delayed_delivery_exchange,
+    declare_native_delayed_delivery_exchanges_and_queues,
+    level_name,
+)
 
 from config.celery import app
 from notifications.models import Delivery, DeliveryStatus
@@ -116,13 +123,61 @@ def worker_env(**overrides: str) -> dict[str, str]:
     }
 
 
+def broker_queues() -> list[str]:
+    """Every queue the tests' messages can wait in: the lanes and maintenance, plus RabbitMQ's
+    native delayed delivery queues when quorum queues send countdowns through them."""
+    queues = list(settings.NOTIFY_QUEUES)
+    if settings.RABBITMQ_QUORUM_QUEUES:
+        queues += [level_name(level) for level in range(MAX_LEVEL + 1)]
+    return queues
+
+
+def purge_broker() -> None:
+    """Empty every queue of the test broker (a queue not declared yet is empty already).
+
+    Queues are purged, not deleted: a process that declared one keeps publishing to it without
+    declaring it again.
+    """
+    with app.connection_for_write() as conn:
+        if settings.RABBITMQ_QUORUM_QUEUES:
+            declare_delayed_delivery(conn)
+        for queue in broker_queues():
+            with conn.channel() as channel:
+                try:
+                    channel.queue_purge(queue)
+                except conn.channel_errors:  # RabbitMQ: 404 NOT_FOUND, the channel is closed
+                    pass
+
+
+def declare_delayed_delivery(conn: Connection) -> None:
+    """What a worker declares when it starts on quorum queues: the queues, RabbitMQ's native
+    delayed delivery exchanges and queues, and the bindings between them. Without them a
+    countdown published before any worker ran on the vhost is refused (404 no exchange
+    'celery_delayed_27'); a deployment has had a worker start before anything retries."""
+    declare_native_delayed_delivery_exchanges_and_queues(
+        conn, app.conf.broker_native_delayed_delivery_queue_type
+    )
+    for queue in app.amqp.queues.values():
+        with conn.channel() as channel:
+            queue.bind(channel).declare()
+        bind_queue_to_native_delayed_delivery_exchange(conn, queue)
+
+
+def dead_broker_url() -> str:
+    """The test broker's URL with the port of a service nothing listens on (discard, 9)."""
+    parts = urlsplit(settings.CELERY_BROKER_URL)
+    netloc = parts.netloc.rpartition("@")
+    host = f"{netloc[0]}{netloc[1]}{parts.hostname}:9"
+    return urlunsplit(parts._replace(netloc=host))
+
+
 @contextmanager
 def running_workers(
     queues: Iterable[str], log_dir: Path, **env_overrides: str
 ) -> Iterator[dict[str, WorkerProcess]]:
     """One worker per queue on an emptied broker, all started before any is waited for."""
     env = worker_env(**env_overrides)
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    purge_broker()
     started: dict[str, WorkerProcess] = {}
     try:
         for queue in queues:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 
 import pytest
@@ -28,9 +26,8 @@ def all_channels_configured() -> dict[str, str]:
 def published_tasks(broker, queue: str) -> list[tuple[str, list]]:
     """(task name, args) of every message waiting on ``queue`` (Celery protocol 2)."""
     tasks = []
-    for raw in broker.client.lrange(queue, 0, -1):
-        message = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    for message in reversed(broker.messages(queue)):  # newest first
+        args, _kwargs, _embed = message["body"]
         tasks.append((message["headers"]["task"], args))
     return tasks
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime, timedelta
 from typing import ClassVar
@@ -93,7 +92,7 @@ def _push_broadcast(news, tokens: list[str]) -> dict[str, int]:
 
 
 def _queued_messages(broker, queue: str) -> list[dict]:
-    return [json.loads(raw) for raw in broker.client.lrange(queue, 0, -1)]
+    return broker.messages(queue)
 
 
 def test_sent_transient_and_permanent_in_one_batch_each_as_if_single(news, push_sender, broker):

@@ -13,7 +13,7 @@ from django.utils import timezone
 from notifications import services
 from notifications.models import Delivery, DeliveryStatus
 from tests.factories import RecipientFactory
-from tests.workers import ROOT, worker_env
+from tests.workers import ROOT, dead_broker_url, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,7 +40,7 @@ def test_accept_survives_a_dead_broker_and_the_sweep_delivers_later(api_key, ord
     completed = subprocess.run(
         [sys.executable, "-c", _ACCEPT_WITH_DEAD_BROKER, recipient.external_id, api_key[1]],
         cwd=ROOT,
-        env=worker_env(CELERY_BROKER_URL="redis://127.0.0.1:9/0"),
+        env=worker_env(CELERY_BROKER_URL=dead_broker_url()),
         capture_output=True,
         text=True,
         timeout=120,

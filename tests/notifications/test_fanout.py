@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections import Counter
 
 import pytest
-import redis
 from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -33,7 +31,7 @@ from tests.notifications.broadcasting import (
     start_broadcast,
     topic_with,
 )
-from tests.workers import WorkerProcess, wait_for
+from tests.workers import WorkerProcess, purge_broker, wait_for
 
 news = broadcasting.news  # the fixture, shared by the broadcast tests
 pytestmark = pytest.mark.django_db
@@ -316,9 +314,9 @@ def test_after_commit_deliveries_go_in_batches_on_bulk_lanes_and_the_next_page_i
     assert (broker.queued("email.bulk"), broker.queued("inapp.bulk")) == (2, 2)  # 3 = 2 + 1
     assert (broker.queued("email"), broker.queued("inapp")) == (0, 0)
     assert broker.queued("maintenance") == 1
-    message = json.loads(broker.client.lindex("email.bulk", 0))
+    message = broker.messages("email.bulk")[-1]
     assert message["headers"]["task"] == "notifications.tasks.deliver_email_batch"
-    chained = json.loads(broker.client.lindex("maintenance", 0))
+    chained = broker.messages("maintenance")[-1]
     assert chained["headers"]["task"] == "notifications.tasks.broadcast_fanout"
     assert chained["headers"]["argsrepr"] == repr((str(broadcast_id),))
 
@@ -331,7 +329,7 @@ def test_resume_restarts_unfinished_fan_outs_only(news, broker):
 
     assert fanout.broadcasts_resume() == 1
 
-    message = json.loads(broker.client.lindex("maintenance", 0))
+    message = broker.messages("maintenance")[-1]
     assert message["headers"]["argsrepr"] == repr((str(unfinished),))
 
 
@@ -365,7 +363,7 @@ def broadcast_workers(django_db_setup, django_db_blocker, smtp_relay, tmp_path_f
         "NOTIFY_FANOUT_PAGE": "7",
         "NOTIFY_DELIVERY_BATCH": "4",
     }
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    purge_broker()
     log_dir = tmp_path_factory.mktemp("broadcast-workers")
     started = [
         WorkerProcess(queues, env, log_dir)

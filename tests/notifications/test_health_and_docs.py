@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from config.celery import app
+from tests.workers import dead_broker_url
 
 pytestmark = pytest.mark.django_db
 
@@ -15,7 +16,7 @@ def test_healthz_checks_database_and_broker(client):
 
 def test_healthz_is_503_when_the_broker_is_unreachable(client):
     original = app.conf.broker_write_url
-    app.conf.broker_write_url = "redis://127.0.0.1:9/0"  # nothing listens on the discard port
+    app.conf.broker_write_url = dead_broker_url()  # nothing listens on the discard port
     try:
         response = client.get("/healthz")
     finally:
