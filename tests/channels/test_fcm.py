@@ -196,13 +196,12 @@ def test_quota_exceeded_is_transient_with_retry_after_and_pyfcm_does_not_sleep(f
     device = _device("quota")
     delivery = queued_push(device.recipient, order_shipped)
 
-    started = time.monotonic()
     with pytest.raises(TransientDeliveryError) as raised:
         services.delivery_send(delivery_id=delivery.pk)
 
-    # pyfcm would sleep Retry-After and POST again inside the call; the task waits instead.
+    # pyfcm would sleep Retry-After and POST again inside the call (its sleep always precedes
+    # that second POST): one request proves the task, not pyfcm, does the waiting.
     assert len(fake.sends(device.token)) == 1
-    assert time.monotonic() - started < 0.9
     assert raised.value.retry_after == 1
     assert (raised.value.status_code, raised.value.provider_code) == (429, "QUOTA_EXCEEDED")
     delivery.refresh_from_db()
@@ -238,7 +237,8 @@ def test_a_timeout_is_transient(fake, order_shipped, settings):
     with pytest.raises(TransientDeliveryError, match=r"no answer within 0.3s"):
         services.delivery_send(delivery_id=delivery.pk)
 
-    assert time.monotonic() - started < 2
+    # The fake answers after 3 s: returning before that means our 0.3 s timeout cut it off.
+    assert time.monotonic() - started < 2.9
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.QUEUED
     assert Device.objects.get(pk=device.pk).active
@@ -274,13 +274,11 @@ def test_a_token_endpoint_503_is_transient_without_google_auth_sleeping(
     device = _device("ok")
     delivery = queued_push(device.recipient, order_shipped)
 
-    started = time.monotonic()
     with pytest.raises(TransientDeliveryError, match="answered 503"):
         services.delivery_send(delivery_id=delivery.pk)
 
     # google-auth alone would ask three times, sleeping about 1 s and 2 s in between.
     assert [r["status"] for r in issuer.token_requests()] == [503]
-    assert time.monotonic() - started < 0.9
     assert fake.sends() == []
     assert Device.objects.get(pk=device.pk).active
 
