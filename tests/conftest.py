@@ -15,6 +15,7 @@ from channels.base import Channel
 from config.celery import app
 from devtools.fakes.smtp import FakeSMTPServer
 from preferences.models import Event
+from tests.channels.push import push_sender  # noqa: F401  (a fixture for every module)
 from tests.factories import CategoryFactory, EventFactory, TemplateFactory, create_api_key
 from tests.workers import WorkerProcess, broker_queues, purge_broker, running_workers
 

@@ -1,9 +1,18 @@
-"""What the APNs and FCM tests share: a queued push delivery, and sending it in-process."""
+"""What push tests share: a queued push delivery, sending it in-process, and a stand-in
+platform sender whose verdict per token the test sets."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+import pytest
+
+from channels.base import (
+    OutboundMessage,
+    PermanentDeliveryError,
+    ProviderConfigurationError,
+    TransientDeliveryError,
+)
 from notifications import services
 from notifications.models import Delivery
 from notifications.services import Outcome
@@ -28,3 +37,47 @@ def send_push(device: Device, event: Any, **data: Any) -> tuple[Outcome, Deliver
     outcome = services.delivery_send(delivery_id=delivery.pk, task_name="t")
     delivery.refresh_from_db()
     return outcome, delivery
+
+
+class RecordingSender:
+    """An APNs stand-in: "dead" → Unregistered, "flaky" → one 503 then fine, "throttled" →
+    429 with Retry-After 30, "misconfigured" → InvalidProviderToken, else sent (recorded)."""
+
+    platform: ClassVar[str] = "apns"
+    name: ClassVar[str] = "fake-apns"
+    verdicts: ClassVar[dict[str, str]] = {}
+    sent: ClassVar[list[str]] = []
+
+    def send_to_device(self, token: str, message: OutboundMessage) -> str:
+        verdict = self.verdicts.get(token, "ok")
+        if verdict == "dead":
+            raise PermanentDeliveryError(
+                "Unregistered",
+                provider=self.name,
+                status_code=410,
+                provider_code="Unregistered",
+                dead_device_tokens=(token,),
+            )
+        if verdict == "flaky":
+            self.verdicts[token] = "ok"  # fails once, then recovers
+            raise TransientDeliveryError("503 Service Unavailable", provider=self.name)
+        if verdict == "throttled":
+            raise TransientDeliveryError("429", provider=self.name, retry_after=30)
+        if verdict == "misconfigured":
+            raise ProviderConfigurationError("InvalidProviderToken")
+        self.sent.append(token)
+        return f"apns-id-{token}"
+
+    @classmethod
+    def check_configuration(cls) -> list[str]:
+        return []
+
+
+@pytest.fixture
+def push_sender(settings: Any) -> type[RecordingSender]:
+    """Push enabled, APNs devices sent through RecordingSender, FCM off."""
+    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": "channels.push.PushProvider"}
+    settings.NOTIFY_PUSH_SENDERS = {"apns": f"{__name__}.RecordingSender", "fcm": ""}
+    RecordingSender.verdicts = {}
+    RecordingSender.sent = []
+    return RecordingSender

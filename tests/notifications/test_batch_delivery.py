@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import ClassVar
 
 import pytest
 from django.core import mail
 from django.utils import timezone
 
-from channels.base import (
-    OutboundMessage,
-    PermanentDeliveryError,
-    ProviderConfigurationError,
-    TransientDeliveryError,
-)
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery, InboxMessage
 from notifications.services import Outcome, batches, broadcasts, transitions
 from notifications.tasks import (
@@ -31,48 +24,6 @@ from tests.notifications.broadcasting import fan_out, start_broadcast
 
 news = broadcasting.news  # the fixture, shared by the broadcast tests
 pytestmark = pytest.mark.django_db
-
-
-class BatchSender:
-    """A push platform sender whose verdict per token is set by the test (an APNs stand-in)."""
-
-    platform: ClassVar[str] = "apns"
-    name: ClassVar[str] = "fake-apns"
-    verdicts: ClassVar[dict[str, str]] = {}
-    sent: ClassVar[list[str]] = []
-
-    def send_to_device(self, token: str, message: OutboundMessage) -> str:
-        verdict = self.verdicts.get(token, "ok")
-        if verdict == "dead":
-            raise PermanentDeliveryError(
-                "Unregistered",
-                provider=self.name,
-                status_code=410,
-                provider_code="Unregistered",
-                dead_device_tokens=(token,),
-            )
-        if verdict == "flaky":
-            self.verdicts[token] = "ok"  # fails once, then recovers
-            raise TransientDeliveryError("503 Service Unavailable", provider=self.name)
-        if verdict == "throttled":
-            raise TransientDeliveryError("429", provider=self.name, retry_after=30)
-        if verdict == "misconfigured":
-            raise ProviderConfigurationError("InvalidProviderToken")
-        self.sent.append(token)
-        return f"apns-id-{token}"
-
-    @classmethod
-    def check_configuration(cls) -> list[str]:
-        return []
-
-
-@pytest.fixture
-def push_sender(settings):
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": "channels.push.PushProvider"}
-    settings.NOTIFY_PUSH_SENDERS = {"apns": f"{__name__}.BatchSender", "fcm": ""}
-    BatchSender.verdicts = {}
-    BatchSender.sent = []
-    return BatchSender
 
 
 def _push_broadcast(news, tokens: list[str]) -> dict[str, int]:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import ClassVar
 
 import pytest
 from django.core import mail
 from django.utils import timezone
 
 from channels.base import (
-    OutboundMessage,
-    PermanentDeliveryError,
-    ProviderConfigurationError,
     TransientDeliveryError,
 )
 from notifications import services
@@ -28,46 +24,6 @@ from preferences.models import Device, Suppression
 from tests.factories import DeliveryFactory, DeviceFactory, PreferenceFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
-
-
-class RecordingSender:
-    """A push platform sender whose verdict per token is set by the test (an APNs stand-in)."""
-
-    platform: ClassVar[str] = "apns"
-    name: ClassVar[str] = "fake-apns"
-    verdicts: ClassVar[dict[str, str]] = {}
-    sent: ClassVar[list[str]] = []
-
-    def send_to_device(self, token: str, message: OutboundMessage) -> str:
-        verdict = self.verdicts.get(token, "ok")
-        if verdict == "dead":
-            raise PermanentDeliveryError(
-                "Unregistered",
-                provider=self.name,
-                status_code=410,
-                provider_code="Unregistered",
-                dead_device_tokens=(token,),
-            )
-        if verdict == "flaky":
-            self.verdicts[token] = "ok"  # fails once, then recovers
-            raise TransientDeliveryError("503 Service Unavailable", provider=self.name)
-        if verdict == "misconfigured":
-            raise ProviderConfigurationError("InvalidProviderToken")
-        self.sent.append(token)
-        return f"apns-id-{token}"
-
-    @classmethod
-    def check_configuration(cls) -> list[str]:
-        return []
-
-
-@pytest.fixture
-def push_sender(settings):
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": "channels.push.PushProvider"}
-    settings.NOTIFY_PUSH_SENDERS = {"apns": f"{__name__}.RecordingSender", "fcm": ""}
-    RecordingSender.verdicts = {}
-    RecordingSender.sent = []
-    return RecordingSender
 
 
 def test_inapp_is_sent_once_even_if_the_task_runs_twice(order_shipped):
