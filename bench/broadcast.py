@@ -2,8 +2,9 @@
 with transactional notifications sent at a steady rate while it drains.
 
     .venv/bin/python bench/broadcast.py [--recipients 100000 | --long] [--latency-ms 30]
-        [--tx-rate 5] [--baseline 10] [--pool prefork] [--concurrency 2]
-        [--worker CHANNEL=POOL:N ...] [--port 18200] [--deadline S] [--keep-db] [--receipts]
+        [--tx-rate 5] [--tx-channels sms,email] [--baseline 10] [--pool threads]
+        [--concurrency 4] [--worker CHANNEL=POOL:N ...] [--tx-workers POOL:N]
+        [--port 18200] [--deadline S] [--keep-db] [--receipts]
         [--out bench/results/broadcast.json] [--chart bench/results/broadcast.png]
 
 Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (``make services``). Uses only
@@ -54,8 +55,7 @@ DB_NAME = "notifications_broadcast_bench"
 BROKER_URL = f"redis://{HOST}:6379/1"
 DATABASE_URL = f"postgres://postgres@{HOST}:5432/{DB_NAME}"
 CHANNELS = ("push", "email", "sms")
-TARGET_PER_S = 10_000_000 / 3600  # 10M an hour: 2,778/s, rounded up to 2,800 in the issue
-TARGET_SHOWN = 2800
+TARGET_PER_S = 2800  # 10M an hour is 2,778/s; the issue rounds it up
 TX_P99_TARGET_MS = 1000.0
 PROJECTED = 10_000_000
 TEARDOWN_RESERVE_S = 90.0  # of the deadline, kept for stopping, reading the logs, the chart
@@ -679,7 +679,7 @@ def build_report(
             {"t": s["t"], "rss_mb": {k: v for k, v in s["rss_mb"].items() if k in worker_names}}
             for s in samples
         ],
-        target_per_s=TARGET_SHOWN,
+        target_per_s=TARGET_PER_S,
         title=(
             f"Broadcast to {expected:,} recipients x {len(CHANNELS)} channels, fakes at "
             f"{args.latency_ms} ms; transactional {args.tx_rate:g}/s"
@@ -720,7 +720,12 @@ def build_report(
         "broadcast_id": broadcast_id,
         "fanout": {k: v for k, v in fanout.items() if k != "per_second"},
         "deliveries": deliveries | {"sent": sent},
-        "fakes": {"rates": rates, "statuses": received.statuses, "other_requests": received.other},
+        "fakes": {
+            "rates": rates,
+            "statuses": received.statuses,
+            "repeated_sends": received.repeated,
+            "other_requests": received.other,
+        },
         "drain_s": round(drain_s, 1),
         "memory": memory,
         "cpu": {
@@ -749,9 +754,9 @@ def build_report(
         },
         "targets": {
             "deliveries_per_s": {
-                "target": TARGET_SHOWN,
+                "target": TARGET_PER_S,
                 "measured": sustained,
-                "met": bool(sustained and sustained >= TARGET_SHOWN),
+                "met": bool(sustained and sustained >= TARGET_PER_S),
             },
             "transactional_p99_ms": {
                 "target": TX_P99_TARGET_MS,
@@ -858,7 +863,7 @@ def summary(r: dict[str, Any]) -> str:
     t = r["targets"]
     lines += [
         "",
-        f"target >= {TARGET_SHOWN:,} deliveries/s: "
+        f"target >= {TARGET_PER_S:,} deliveries/s: "
         + ("MET" if t["deliveries_per_s"]["met"] else "NOT MET")
         + f" (sustained {t['deliveries_per_s']['measured']}/s)",
         f"target transactional p99 < {TX_P99_TARGET_MS:.0f} ms: "
@@ -884,6 +889,12 @@ def summary(r: dict[str, Any]) -> str:
             f" {activity['commits']:,} commits"
         )
     d = r["deliveries"]
+    repeated = {k: v for k, v in r["fakes"]["repeated_sends"].items() if v}
+    if repeated:
+        lines.append(
+            f"\nWARNING: destinations that received the broadcast more than once: {repeated}"
+            f" (HTTP statuses seen by the fakes: {r['fakes']['statuses']})"
+        )
     if not r["all_sent"]:
         lines.append(
             f"\nWARNING: not every delivery was sent: {d['by_channel']};"

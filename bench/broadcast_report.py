@@ -35,6 +35,8 @@ class Received:
     transactional: dict[str, dict[str, float]]  # channel -> code -> at
     statuses: dict[str, dict[str, int]]  # fake -> HTTP status -> count (broadcast sends)
     other: dict[str, int]  # fake -> requests that are not sends (FCM OAuth tokens)
+    # fake -> broadcast sends to a destination (token, number, address) that had one already
+    repeated: dict[str, int]
 
 
 def _lines(path: Path) -> Iterator[dict[str, Any]]:
@@ -52,46 +54,54 @@ def read_fake_logs(logs: dict[str, Path]) -> Received:
         transactional={channel: {} for channel in CHANNELS},
         statuses={name: defaultdict(int) for name in logs},
         other=dict.fromkeys(logs, 0),
+        repeated=dict.fromkeys(logs, 0),
     )
     for fake, path in logs.items():
         channel = CHANNEL_OF_FAKE[fake]
+        seen: set[str] = set()
         for record in _lines(path):
-            for at, text, status in _sends(fake, record):
+            for at, text, status, destination in _sends(fake, record):
                 if text is None:
                     got.other[fake] += 1
                     continue
                 code = _CODE.search(text)
                 if code:
                     got.transactional[channel].setdefault(code[1], at)
-                else:
-                    got.broadcast[channel].append(at)
-                    got.statuses[fake][str(status)] += 1
+                    continue
+                got.broadcast[channel].append(at)
+                got.statuses[fake][str(status)] += 1
+                if destination in seen:
+                    got.repeated[fake] += 1
+                seen.add(destination)
     for times in got.broadcast.values():
         times.sort()
     got.statuses = {name: dict(counts) for name, counts in got.statuses.items()}
     return got
 
 
-def _sends(fake: str, record: dict[str, Any]) -> Iterator[tuple[float, str | None, Any]]:
-    """(at, text to look for a code in, HTTP status) per message in one logged request; text
-    None for a request that is not a send."""
+def _sends(fake: str, record: dict[str, Any]) -> Iterator[tuple[float, str | None, Any, str]]:
+    """(at, text to look for a code in, HTTP status, destination) per message in one logged
+    request; text None for a request that is not a send."""
     at, status = float(record["at"]), record.get("status")
     if fake == "apns":
-        yield at, "" if record.get("token") else None, status
+        token = str(record.get("token") or "")
+        yield at, "" if token else None, status, token
     elif fake == "fcm":
-        yield at, "" if record.get("kind") == "send" else None, status
+        kind = record.get("kind")
+        yield at, "" if kind == "send" else None, status, str(record.get("token") or "")
     elif fake == "twilio":
+        form = record.get("form", {})
         if record.get("kind") == "requests":
-            yield at, str(record.get("form", {}).get("Body", "")), status
+            yield at, str(form.get("Body", "")), status, str(form.get("To", ""))
         else:
-            yield at, None, status  # a status callback it posted (only with --receipts)
+            yield at, None, status, ""  # a status callback it posted (only with --receipts)
     else:
         body = record.get("json")
         messages = body if isinstance(body, list) else [body] if isinstance(body, dict) else []
         if not messages:
-            yield at, None, status
+            yield at, None, status, ""
         for message in messages:
-            yield at, str(message.get("TextBody", "")), status
+            yield at, str(message.get("TextBody", "")), status, str(message.get("To", ""))
 
 
 # --- rates ---------------------------------------------------------------------------------
