@@ -167,10 +167,8 @@ NOTIFY_DELIVERY_BATCH = env.int("NOTIFY_DELIVERY_BATCH", default=100)
 # Provider calls in flight at once inside one batch task, per channel (threads waiting on the
 # network; 1 means one after the other). In-app's provider is an INSERT: nothing to overlap.
 NOTIFY_DELIVERY_BATCH_THREADS = {
-    # 1 until the APNs sender has one HTTP/2 client per thread: httpcore's sync HTTP/2
-    # connection is not safe to share across threads (encode/httpcore#1062; measured: 1.7 %
-    # of APNs pushes sent twice at 8 threads).
-    "push": env.int("NOTIFY_DELIVERY_BATCH_THREADS_PUSH", default=1),
+    # The APNs sender gives each concurrent send its own HTTP/2 connection (channels/apns.py).
+    "push": env.int("NOTIFY_DELIVERY_BATCH_THREADS_PUSH", default=8),
     "email": env.int("NOTIFY_DELIVERY_BATCH_THREADS_EMAIL", default=4),
     "sms": env.int("NOTIFY_DELIVERY_BATCH_THREADS_SMS", default=8),
     "inapp": 1,

@@ -10,6 +10,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +23,12 @@ from django.core.management.base import SystemCheckError
 from django.utils import timezone
 
 from channels import apns
-from channels.base import ProviderConfigurationError, TransientDeliveryError
+from channels.base import (
+    Destination,
+    OutboundMessage,
+    ProviderConfigurationError,
+    TransientDeliveryError,
+)
 from channels.checks import check_providers
 from devtools.fakes.apns import FakeAPNs, new_signing_key
 from notifications import services
@@ -446,3 +452,28 @@ def test_a_real_push_worker_sends_and_retries_a_503_once(
     assert {r["jwt"]["header"]["kid"] for r in seen} == {KEY_ID}
     logged = [json.loads(line) for line in (standalone_apns["folder"] / "requests.jsonl").open()]
     assert [r["token"] for r in logged] == [r["token"] for r in seen]
+
+
+def test_concurrent_sends_reach_each_device_exactly_once(fake, order_shipped, settings):
+    """A push batch's threads each borrow their own connection (httpcore's sync HTTP/2
+    connection is not thread-safe: shared, it duplicated and lost streams under load)."""
+    fake.latency_ms = 20  # so the threads' requests overlap
+    sender = apns.APNsSender()
+    outbound = OutboundMessage(
+        delivery_id=1,
+        notification_id=str(uuid.uuid4()),
+        channel="push",
+        event=order_shipped.key,
+        destination=Destination(recipient_id=1, external_id="u-1"),
+        content={"title": "Shipped", "body": "On its way."},
+    )
+    tokens = [f"ok-{i:03d}-{uuid.uuid4().hex[:8]}" for i in range(160)]
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            ids = list(pool.map(lambda token: sender.send_to_device(token, outbound), tokens))
+    finally:
+        fake.latency_ms = 0
+
+    assert len(set(ids)) == len(tokens)
+    assert [len(fake.requests_to(token)) for token in tokens] == [1] * len(tokens)
+    assert 1 <= sender.open_connections() <= 8
