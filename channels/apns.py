@@ -14,8 +14,6 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
@@ -31,6 +29,7 @@ from channels.base import (
     ProviderConfigurationError,
     TransientDeliveryError,
 )
+from channels.pool import KeptConnections
 
 PROVIDER = "APNs"
 # Apple refuses provider tokens older than an hour and answers TooManyProviderTokenUpdates to
@@ -83,8 +82,11 @@ class APNsSender:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle_clients: list[httpx.Client] = []
-        self._clients_key: tuple[int, str] = (0, "")
+        # One HTTP/2 connection per send in flight, kept across sends (channels/pool.py).
+        self._connections: KeptConnections[httpx.Client] = KeptConnections(
+            lambda ca_file: httpx.Client(http2=True, verify=_trust(str(ca_file))),
+            httpx.Client.close,
+        )
         self._token = ""
         self._token_key: tuple[str, str, str] = ("", "", "")
         self._token_born = 0.0
@@ -104,7 +106,7 @@ class APNsSender:
     def _post(self, token: str, message: OutboundMessage, provider_token: str) -> httpx.Response:
         timeout = float(settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS)
         try:
-            with self._client() as http:
+            with self._connections.borrow(str(settings.APNS_CA_FILE)) as http:
                 return http.post(
                     f"{settings.APNS_ENDPOINT.rstrip('/')}/3/device/{quote(token, safe='')}",
                     headers={"authorization": f"bearer {provider_token}", **_headers(message)},
@@ -125,40 +127,7 @@ class APNsSender:
 
     def open_connections(self) -> int:
         """Connections kept for reuse (as many as sends were ever in flight at once)."""
-        with self._lock:
-            return len(self._idle_clients)
-
-    @contextmanager
-    def _client(self) -> Iterator[httpx.Client]:
-        """A client (one HTTP/2 connection) for this thread's exclusive use while it sends.
-
-        Connections are kept and reused across sends and batches: Apple reads rapid
-        connect/disconnect as a denial-of-service attack. A client is never shared by two
-        threads at once: httpcore's synchronous HTTP/2 connection is not thread-safe
-        (encode/httpcore#1062; a shared one sent 1.7 % of a push batch twice). So a worker
-        opens as many connections as it has concurrent push sends, no more. The pid in the
-        key keeps a forked worker off its parent's connections.
-        """
-        key = (os.getpid(), str(settings.APNS_CA_FILE))
-        with self._lock:
-            if self._clients_key != key:
-                stale, self._idle_clients = self._idle_clients, []
-                if self._clients_key[0] == key[0]:
-                    for old in stale:
-                        old.close()
-                self._clients_key = key
-            client = self._idle_clients.pop() if self._idle_clients else None
-        if client is None:
-            client = httpx.Client(http2=True, verify=_trust(key[1]))
-        try:
-            yield client
-        finally:
-            with self._lock:
-                kept = self._clients_key == key
-                if kept:
-                    self._idle_clients.append(client)
-            if not kept:
-                client.close()
+        return self._connections.idle()
 
     def _provider_token(self, *, refresh: bool = False) -> str:
         key = (settings.APNS_KEY_ID, settings.APNS_TEAM_ID, settings.APNS_PRIVATE_KEY)

@@ -6,7 +6,9 @@ Django backend's (``smtp``); anymail's tracking webhooks match receipts on the s
 
 from __future__ import annotations
 
+import functools
 import smtplib
+from collections.abc import Hashable
 from email.utils import make_msgid
 from typing import Any, ClassVar, NoReturn
 
@@ -21,6 +23,7 @@ from channels.base import (
     ProviderResult,
     TransientDeliveryError,
 )
+from channels.pool import KeptConnections
 
 # Postmark refused this one message (malformed request, forbidden attachment, too large), not
 # the account or the address: dead-letter it, change nothing else. Other 4xx mean the server
@@ -37,12 +40,6 @@ class EmailProvider:
 
         address = message.destination.email or ""
         content = message.content
-        # anymail's REQUESTS_TIMEOUT defaults to 30 s; the kwarg bounds every API call (and
-        # SMTP's socket) by our own budget instead.
-        connection = get_connection(
-            fail_silently=False, timeout=settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS
-        )
-        provider = backend_provider_name(connection)
         msgid = make_msgid(domain=_message_id_domain())
         email = EmailMultiAlternatives(
             subject=content.get("subject", ""),
@@ -50,15 +47,16 @@ class EmailProvider:
             from_email=settings.DEFAULT_FROM_EMAIL,
             to=[address],
             headers={"Message-ID": msgid},
-            connection=connection,
         )
         if content.get("html"):
             email.attach_alternative(content["html"], "text/html")
         # anymail ESPs echo metadata in their webhooks; our delivery id there lets a receipt
         # find its delivery even before the ESP's message id was recorded. SMTP ignores it.
         email.metadata = {"deliveryId": str(message.delivery_id)}  # type: ignore[attr-defined]
+        key = _connection_settings()
+        provider = _provider_name(key)
         try:
-            email.send()
+            _send_on_kept_connection(email, key)
         except AnymailRecipientsRefused as exc:
             # "invalid": Postmark ErrorCode 300 (bad address); "rejected": 406, the ESP has
             # marked the address inactive after a hard bounce, complaint or manual suppression.
@@ -117,6 +115,67 @@ class EmailProvider:
                 f"{esp_provider_name(esp_name)}/tracking/ would accept unauthenticated posts."
             )
         return problems
+
+
+def _connect(key: Hashable) -> Any:
+    # anymail's REQUESTS_TIMEOUT defaults to 30 s; the kwarg bounds every API call (and
+    # SMTP's socket) by our own budget instead.
+    connection = get_connection(
+        fail_silently=False, timeout=settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS
+    )
+    connection.open()  # an ESP's HTTP session or the SMTP session, kept for the next sends
+    return connection
+
+
+_connections: KeptConnections[Any] = KeptConnections(
+    _connect, lambda connection: connection.close()
+)
+
+
+def kept_connections() -> int:
+    """Email connections open and idle in this process, waiting for the next message."""
+    return _connections.idle()
+
+
+def close_kept_connections() -> None:
+    _connections.close_all()
+
+
+def _connection_settings() -> Hashable:
+    """What a kept connection was opened with: tests and deployments that change any of it
+    get a new one."""
+    return (
+        settings.EMAIL_BACKEND,
+        settings.EMAIL_HOST,
+        settings.EMAIL_PORT,
+        settings.EMAIL_HOST_USER,
+        settings.EMAIL_USE_TLS,
+        settings.EMAIL_USE_SSL,
+        repr(getattr(settings, "ANYMAIL", None)),
+        settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _provider_name(key: Hashable) -> str:
+    return backend_provider_name(get_connection(fail_silently=False))
+
+
+def _send_on_kept_connection(email: EmailMultiAlternatives, key: Hashable) -> None:
+    """Send on a connection kept open across messages (an ESP's keep-alive HTTP session, an
+    SMTP session) instead of a new one per message.
+
+    An SMTP server may have dropped an idle session; nothing was sent on it, so the message
+    goes once more on a new session.
+    """
+    try:
+        with _connections.borrow(key) as connection:
+            email.connection = connection
+            email.send()
+    except smtplib.SMTPServerDisconnected:
+        with _connections.borrow(key) as connection:
+            email.connection = connection
+            email.send()
 
 
 def esp_provider_name(esp_name: str) -> str:

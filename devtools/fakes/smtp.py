@@ -57,6 +57,7 @@ class RelayBehaviour:
         html = parsed.get_body(preferencelist=("html",))
         record = {
             "at": time.time(),
+            "session": "{}:{}".format(*session.peer[:2]),  # the client's end of the connection
             "from": envelope.mail_from,
             "to": list(envelope.rcpt_tos),
             "subject": str(parsed.get("Subject", "")),
