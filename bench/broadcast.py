@@ -104,6 +104,9 @@ def stack_env(wiring: fakes_env.Wiring) -> dict[str, str]:
         DEBUG="false",  # DEBUG keeps every query in memory: never measure with it
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
+        # The fakes take whatever comes: what is measured is our own throughput, not the
+        # provider quotas NOTIFY_RATE_LIMITS holds a deployment to (docs/reliability.md).
+        NOTIFY_RATE_LIMITS=os.environ.get("NOTIFY_RATE_LIMITS", ""),
         **wiring.env,
     )
     return env

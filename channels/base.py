@@ -36,6 +36,8 @@ class OutboundMessage:
     destination: Destination
     content: dict[str, Any]
     data: dict[str, Any] = field(default_factory=dict)
+    # "transactional" or "bulk": the bulk lane gets only a share of a provider's rate limit.
+    priority: str = "transactional"
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,20 @@ class TransientDeliveryError(DeliveryError):
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
         self.partial = partial or {}
+
+
+class ProviderPaused(TransientDeliveryError):
+    """The provider was not called: its circuit is open (an outage) or its rate limit had no
+    room within the wait allowed (``reason``: "circuit_open" or "rate_limited").
+
+    Not an attempt: the delivery goes back to ``queued`` without spending an attempt or a
+    Celery retry and is tried again after ``retry_after`` seconds (``channels/guard.py``). A
+    subclass of the transient error so that code unaware of it still retries, never fails.
+    """
+
+    def __init__(self, message: str, *, reason: str, retry_after: float, **kwargs: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **kwargs)
+        self.reason = reason
 
 
 class PermanentDeliveryError(DeliveryError):

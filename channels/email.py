@@ -35,6 +35,10 @@ class EmailProvider:
     name: ClassVar[str] = "email"
     channel: ClassVar[str] = "email"
 
+    def limit_name(self) -> str:
+        """Rate limits and circuits are kept per ESP ("postmark", "smtp"), not per channel."""
+        return _provider_name(_connection_settings())
+
     def send(self, message: OutboundMessage) -> ProviderResult:
         from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused
 

@@ -10,6 +10,7 @@ from channels.base import OutboundMessage, ProviderResult
 class InAppProvider:
     name: ClassVar[str] = "inapp"
     channel: ClassVar[str] = "inapp"
+    guarded: ClassVar[bool] = False  # an INSERT: no remote service to rate-limit or pause
 
     def send(self, message: OutboundMessage) -> ProviderResult:
         from notifications.models import InboxMessage

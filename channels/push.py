@@ -13,11 +13,13 @@ from typing import ClassVar, Protocol
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from channels import guard
 from channels.base import (
     DestinationOutcome,
     OutboundMessage,
     PermanentDeliveryError,
     ProviderConfigurationError,
+    ProviderPaused,
     ProviderResult,
     TransientDeliveryError,
 )
@@ -45,7 +47,8 @@ def sender_path(platform: str) -> str:
 
 @functools.cache
 def _sender_instance(path: str) -> PushSender:
-    return import_string(path)()  # type: ignore[no-any-return]
+    # Each device send passes its platform's circuit breaker and rate limit (channels/guard.py).
+    return guard.guarded(import_string(path)())  # type: ignore[no-any-return]
 
 
 def sender_for(platform: str) -> PushSender | None:
@@ -60,10 +63,12 @@ def configured_platforms() -> set[str]:
 class PushProvider:
     name: ClassVar[str] = "push"
     channel: ClassVar[str] = "push"
+    guarded: ClassVar[bool] = False  # its senders are, one device send at a time
 
     def send(self, message: OutboundMessage) -> ProviderResult:
         outcomes: dict[str, DestinationOutcome] = {}
         first_transient: TransientDeliveryError | None = None
+        first_paused: ProviderPaused | None = None
         first_permanent: PermanentDeliveryError | None = None
         used: list[str] = []
         for platform, token in message.destination.device_tokens:
@@ -80,6 +85,9 @@ class PushProvider:
                 status = "dead" if token in exc.dead_device_tokens else "failed"
                 outcomes[token] = DestinationOutcome(status, error=str(exc))
                 first_permanent = first_permanent or exc
+            except ProviderPaused as exc:
+                # Not tried (that platform is paused or at its rate limit): not an attempt.
+                first_paused = first_paused or exc
             except TransientDeliveryError as exc:
                 # Keep going: the other devices should not wait for this one's retry.
                 first_transient = first_transient or exc
@@ -99,6 +107,15 @@ class PushProvider:
                 status_code=first_transient.status_code,
                 provider_code=first_transient.provider_code,
             ) from first_transient
+        if first_paused is not None:
+            # The devices reached are kept; only the paused platform's wait for the retry.
+            raise ProviderPaused(
+                str(first_paused),
+                reason=first_paused.reason,
+                retry_after=first_paused.retry_after or 1.0,
+                partial=outcomes,
+                provider=first_paused.provider,
+            ) from first_paused
         sent = [outcome for outcome in outcomes.values() if outcome.status == "sent"]
         if not sent:
             dead = tuple(token for token, o in outcomes.items() if o.status == "dead")

@@ -96,18 +96,36 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Emails, phone numbers, push tokens and API keys are masked on every handler
+    # (config/logmasking.py; Celery workers get it through config/celery.py).
+    "filters": {"mask_personal_data": {"()": "config.logmasking.MaskPersonalData"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["mask_personal_data"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
+    # Django's own handlers (DEFAULT_LOGGING) would write unmasked: send its records to ours.
+    "loggers": {
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
 }
 
 # --- API -------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["notifications.api.auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["notifications.api.auth.HasApiKey"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "notifications.api.auth.HasApiKey",
+        "notifications.api.permissions.HasScope",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["notifications.api.throttling.ApiKeyRateThrottle"],
     "DEFAULT_PARSER_CLASSES": ["notifications.api.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "notifications.api.errors.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "notifications.api.schema.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -118,11 +136,28 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": [],
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "ENUM_NAME_OVERRIDES": {"ChannelEnum": "channels.base.Channel.choices"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        # 401/403/429 on every operation, 400/413/415 with a body, 404 with path parameters.
+        "notifications.api.schema.document_common_errors",
+    ],
 }
 API_KEY_CUSTOM_HEADER = None  # the standard "Authorization: Api-Key <key>" header
 # Larger bodies are refused with 413 before they are parsed.
 NOTIFY_MAX_BODY_BYTES = env.int("NOTIFY_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(NOTIFY_MAX_BODY_BYTES, 2_621_440)
+
+# --- API keys: scopes and rate limit (SECURITY.md) -------------------------------------------
+# Requests per API key, shared by every API process (Redis), in the `limits` notation:
+# "1000/second", "100/second;5000/minute". A key's own limit (admin, or create_api_key
+# --rate-limit) replaces it. Empty: no limit. Over it: 429 with Retry-After.
+NOTIFY_API_RATE_LIMIT = env.str("NOTIFY_API_RATE_LIMIT", default="1000/second")
+# Where the counters live; empty means the broker when it is Redis, else local Redis db 0.
+NOTIFY_API_RATE_LIMIT_STORAGE_URL = env.str("NOTIFY_API_RATE_LIMIT_STORAGE_URL", default="")
+# Redis unreachable within this: requests go through unlimited for a few seconds (fail open).
+NOTIFY_API_RATE_LIMIT_TIMEOUT_SECONDS = env.float(
+    "NOTIFY_API_RATE_LIMIT_TIMEOUT_SECONDS", default=0.5
+)
 
 # --- Delivery --------------------------------------------------------------------------------
 # Which provider sends each channel; an empty value means the channel is not configured and
@@ -164,6 +199,10 @@ NOTIFY_FANOUT_RESUME_SECONDS = env.int("NOTIFY_FANOUT_RESUME_SECONDS", default=3
 NOTIFY_FANOUT_MAX_BODY_BYTES = env.int("NOTIFY_FANOUT_MAX_BODY_BYTES", default=1024 * 1024)
 # Deliveries per batch task on the bulk lanes: one message, one claim, one load per batch.
 NOTIFY_DELIVERY_BATCH = env.int("NOTIFY_DELIVERY_BATCH", default=100)
+# Provider acceptances a batch records per UPDATE. More means fewer commits; it also bounds
+# how many of a batch's sends a worker killed mid-batch leaves to be sent again (the crash
+# window, docs/reliability.md). 1 records each as it comes, like a single delivery.
+NOTIFY_DELIVERY_SENT_FLUSH = max(1, env.int("NOTIFY_DELIVERY_SENT_FLUSH", default=8))
 # Provider calls in flight at once inside one batch task, per channel (threads waiting on the
 # network; 1 means one after the other). In-app's provider is an INSERT: nothing to overlap.
 NOTIFY_DELIVERY_BATCH_THREADS = {
@@ -294,6 +333,33 @@ CELERY_TASK_ROUTES = {
     "notifications.tasks.purge_expired_notifications": {"queue": "maintenance"},
 }
 
+# --- Provider rate limits and circuit breaker (docs/reliability.md) -------------------------
+# Calls per period and provider, shared by every worker (Redis, moving window): "name=limit"
+# pairs, a limit in the `limits` library's notation ("30/second", "500/second;20000/minute").
+# Names are the senders' and providers': apns, fcm, twilio, and the email ESP (postmark…).
+NOTIFY_RATE_LIMITS = env.dict(
+    "NOTIFY_RATE_LIMITS",
+    default={"apns": "500/second", "fcm": "500/second", "twilio": "30/second",
+             "postmark": "100/second"},
+)  # fmt: skip
+# The bulk lane may use this share of each limit; the rest is kept for transactional traffic.
+NOTIFY_RATE_LIMIT_BULK_SHARE = env.float("NOTIFY_RATE_LIMIT_BULK_SHARE", default=0.8)
+# A call over the limit waits this long at most, then its delivery is deferred (not failed).
+NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS = env.float("NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS", default=10.0)
+# This many transient failures of one provider in a row (within the window) open its circuit:
+# no call to it for the cool-down, deliveries wait in `queued` without spending attempts.
+NOTIFY_CIRCUIT_BREAKER = env.bool("NOTIFY_CIRCUIT_BREAKER", default=True)
+NOTIFY_CIRCUIT_FAILURES = env.int("NOTIFY_CIRCUIT_FAILURES", default=5)
+NOTIFY_CIRCUIT_WINDOW_SECONDS = env.float("NOTIFY_CIRCUIT_WINDOW_SECONDS", default=60.0)
+NOTIFY_CIRCUIT_COOLDOWN_SECONDS = env.float("NOTIFY_CIRCUIT_COOLDOWN_SECONDS", default=30.0)
+# Where limits and circuits live: the broker's Redis when the broker is Redis.
+NOTIFY_GUARD_REDIS_URL = env.str(
+    "NOTIFY_GUARD_REDIS_URL",
+    default=CELERY_BROKER_URL
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+    else "redis://127.0.0.1:6379/0",
+)
+
 # --- The broker: Redis or RabbitMQ (docs/scaling.md) -----------------------------------------
 # CELERY_BROKER_URL picks it: redis://… or amqp://user:password@host:5672/vhost. Each transport
 # gets only the options it understands.
@@ -316,9 +382,26 @@ if BROKER_IS_REDIS:
         # show it. RabbitMQ has no such option: there the transactional-only worker per
         # channel (docs/lanes.md) is what serves transactional first (docs/scaling.md).
         "queue_order_strategy": env.str("CELERY_QUEUE_ORDER_STRATEGY", default="priority"),
-        # Must exceed the longest retry countdown, or Redis hands an unacked retry to a second
-        # worker (harmless thanks to the claim, but wasted work).
-        "visibility_timeout": max(3600, NOTIFY_RETRY_BACKOFF_MAX * 2),
+        # An unacknowledged message (acks_late; and a countdown/ETA message, which the worker
+        # holds unacknowledged until due) is handed to another worker after this long. Set
+        # above the longest countdown (retry backoff, circuit cool-down), the sweep's lease
+        # and the longest task (a batch waiting out rate limits and timeouts), so a message is
+        # redelivered only when its worker died. An early copy would be harmless anyway: the
+        # delivery's claim lets one copy send (docs/reliability.md).
+        "visibility_timeout": env.int(
+            "CELERY_VISIBILITY_TIMEOUT",
+            default=int(
+                max(
+                    3600,
+                    NOTIFY_RETRY_BACKOFF_MAX * 2,
+                    NOTIFY_CIRCUIT_COOLDOWN_SECONDS * 2,
+                    NOTIFY_LEASE_SECONDS * 2,
+                    NOTIFY_LEASE_SECONDS
+                    + NOTIFY_DELIVERY_BATCH
+                    * (NOTIFY_PROVIDER_TIMEOUT_SECONDS + NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS),
+                )
+            ),
+        ),
     }
 elif BROKER_IS_AMQP:
     from kombu import Exchange, Queue

@@ -9,6 +9,10 @@ os.environ.setdefault("NOTIFY_MAX_RETRIES", "3")
 os.environ.setdefault("NOTIFY_PROVIDER_TIMEOUT_SECONDS", "5")
 # Tests recreate events and templates between cases; the cache has its own test.
 os.environ.setdefault("NOTIFY_CATALOG_CACHE_SECONDS", "0")
+# Provider rate limits and circuit breakers keep state in Redis across tests: off unless a
+# test turns them on (tests/channels/test_rate_limits.py, test_circuit_breaker.py).
+os.environ.setdefault("NOTIFY_RATE_LIMITS", "")
+os.environ.setdefault("NOTIFY_CIRCUIT_BREAKER", "false")
 
 from config.settings import *  # noqa: F403
 from config.settings import ALLOWED_HOSTS

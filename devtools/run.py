@@ -182,24 +182,40 @@ def start_fakes(sup: Supervisor, fakes: list[fakes_env.Fake]) -> None:
         )
 
 
-def start_service(sup: Supervisor, api_port: int, run_dir: Path) -> None:
-    python = sys.executable
+def api_argv(api_port: int) -> list[str]:
     # No control socket: it sits at a fixed path in $HOME that a second gunicorn would share.
     bind = f"127.0.0.1:{api_port}"
     gunicorn = ["config.wsgi", "--bind", bind, "--workers", "2", "--no-control-socket"]
-    sup.start("api", [python, "-m", "gunicorn", *gunicorn])
-    # --quiet drops the start-up banner (20 lines per worker) that would bury the demo.
-    celery = [python, "-m", "celery", "-A", "config", "--quiet"]
-    for queue in QUEUES:
-        # Each channel's worker serves its transactional queue first, then its bulk lane
-        # (queue_order_strategy "priority" in settings); maintenance has no bulk twin.
-        lanes = queue if queue == "maintenance" else f"{queue},{queue}.bulk"
-        # Maintenance gets 2: a long retention purge must not hold up the stuck-delivery sweep.
-        concurrency = "2" if queue == "maintenance" else "1"
-        worker = ["-Q", lanes, "-n", f"{queue}@%h", "--concurrency", concurrency]
-        sup.start(f"worker-{queue}", [*celery, "worker", *worker, "--loglevel", "WARNING"])
+    return [sys.executable, "-m", "gunicorn", *gunicorn]
+
+
+# --quiet drops the start-up banner (20 lines per worker) that would bury the demo.
+CELERY = [sys.executable, "-m", "celery", "-A", "config", "--quiet"]
+
+
+def worker_argv(queue: str, *, concurrency: int | None = None, node: str = "") -> list[str]:
+    """``celery worker`` for one channel (its transactional queue, then its bulk lane) or
+    maintenance, named ``<node or queue>@<host>``."""
+    # Each channel's worker serves its transactional queue first, then its bulk lane
+    # (queue_order_strategy "priority" in settings); maintenance has no bulk twin.
+    lanes = queue if queue == "maintenance" else f"{queue},{queue}.bulk"
+    # Maintenance gets 2: a long retention purge must not hold up the stuck-delivery sweep.
+    if concurrency is None:
+        concurrency = 2 if queue == "maintenance" else 1
+    worker = ["-Q", lanes, "-n", f"{node or queue}@%h", "--concurrency", str(concurrency)]
+    return [*CELERY, "worker", *worker, "--loglevel", "WARNING"]
+
+
+def beat_argv(run_dir: Path) -> list[str]:
     schedule = str(run_dir / "celerybeat-schedule")
-    sup.start("beat", [*celery, "beat", "--schedule", schedule, "--loglevel", "WARNING"])
+    return [*CELERY, "beat", "--schedule", schedule, "--loglevel", "WARNING"]
+
+
+def start_service(sup: Supervisor, api_port: int, run_dir: Path) -> None:
+    sup.start("api", api_argv(api_port))
+    for queue in QUEUES:
+        sup.start(f"worker-{queue}", worker_argv(queue))
+    sup.start("beat", beat_argv(run_dir))
 
 
 def wait_ready(sup: Supervisor, api: str) -> None:

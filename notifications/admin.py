@@ -1,4 +1,4 @@
-"""Admin for templates, the notification log and the dead-letter list.
+"""Admin for templates, the notification log, the dead-letter list and API keys' scopes.
 
 The log models record what happened; they are never written by hand here. The only write
 the log admin offers is replaying dead letters, which goes through the delivery service.
@@ -13,10 +13,14 @@ from django.contrib import admin, messages
 from django.db.models import Exists, F, Model, OuterRef, QuerySet
 from django.http import HttpRequest
 from django.utils.text import Truncator
+from rest_framework_api_key.admin import APIKeyModelAdmin
+from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
 from notifications.locales import canonical_locale, is_valid_locale
 from notifications.models import (
+    ApiKeyAccess,
+    ApiScope,
     Broadcast,
     Delivery,
     DeliveryStatus,
@@ -258,9 +262,9 @@ class FailedDeliveryAdmin(ReadOnlyLogAdmin):
         return Truncator(obj.error_message).chars(80)
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
-        # The list is view-only (no change permission here), yet replaying sends messages to
-        # real people, so it is reserved to those allowed to change dead letters.
-        return request.user.has_perm("notifications.change_faileddelivery")
+        # Replaying sends messages to real people again: a permission of its own ("Can
+        # replay dead letters"), granted apart from viewing the list.
+        return request.user.has_perm("notifications.replay_faileddelivery")
 
     @admin.action(description="Replay selected", permissions=["replay"])
     def replay_selected(self, request: HttpRequest, queryset: QuerySet[FailedDelivery]) -> None:
@@ -336,3 +340,46 @@ class BroadcastAdmin(ReadOnlyLogAdmin):
         for broadcast_id in ids:
             broadcast_cancel(broadcast_id=broadcast_id)
         self.message_user(request, f"Cancelled {len(ids)} broadcasts.", messages.SUCCESS)
+
+
+# --- API keys: the library's admin (shows a new key once) plus scopes and rate limit -----
+
+
+class ApiKeyAccessForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiScope.choices, widget=forms.CheckboxSelectMultiple, required=False
+    )
+
+    class Meta:
+        model = ApiKeyAccess
+        fields = ("scopes", "rate_limit")
+
+
+class ApiKeyAccessInline(admin.StackedInline):
+    model = ApiKeyAccess
+    form = ApiKeyAccessForm
+    can_delete = False
+    min_num = 1
+    max_num = 1
+    verbose_name_plural = "access (a key without scopes may call nothing)"
+
+
+admin.site.unregister(APIKey)
+
+
+@admin.register(APIKey)
+class ApiKeyAdmin(APIKeyModelAdmin):
+    inlines = (ApiKeyAccessInline,)
+    # The library types its list_display as a fixed-length tuple.
+    list_display = (*APIKeyModelAdmin.list_display, "scope_list", "rate_limit")  # type: ignore[assignment]
+    list_select_related = ("access",)
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj: APIKey) -> str:
+        access = getattr(obj, "access", None)
+        return ", ".join(access.scopes) if access is not None else "(none)"
+
+    @admin.display(description="rate limit")
+    def rate_limit(self, obj: APIKey) -> str:
+        access = getattr(obj, "access", None)
+        return (access.rate_limit if access is not None else "") or "default"

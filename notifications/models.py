@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import uuid
 
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from rest_framework_api_key.models import APIKey
@@ -211,6 +213,8 @@ class FailedDelivery(models.Model):
     class Meta:
         verbose_name = "failed delivery (dead letter)"
         verbose_name_plural = "failed deliveries (dead letters)"
+        # Replaying sends messages to real people again: its own permission, not "change".
+        permissions = [("replay_faileddelivery", "Can replay dead letters")]
         indexes = [
             models.Index(
                 fields=["-failed_at"],
@@ -246,3 +250,49 @@ class InboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.recipient}: {self.title}"
+
+
+class ApiScope(models.TextChoices):
+    """What an API key may call (SECURITY.md has the table of endpoints per scope)."""
+
+    NOTIFY = "notify", "notify: POST /api/notify"
+    BROADCAST = "broadcast", "broadcast: create, follow and cancel broadcasts"
+    READ = "read", "read: the notification log (payloads and rendered content)"
+    RECIPIENTS = "recipients", "recipients: recipients, devices, preferences, suppressions, topics"
+
+
+def validate_rate_limit(value: str) -> None:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ValidationError(
+            f"{value!r} is not a rate limit such as '100/second' or '10/second;500/minute'."
+        ) from exc
+
+
+class ApiKeyAccess(models.Model):
+    """What one API key may do: its scopes and, optionally, its own rate limit.
+
+    A row beside the library's APIKey rather than a model replacing it: notifications and
+    broadcasts point at APIKey rows, and a key without this row may call nothing.
+    """
+
+    api_key = models.OneToOneField(
+        APIKey, on_delete=models.CASCADE, primary_key=True, related_name="access"
+    )
+    scopes = ArrayField(
+        models.CharField(max_length=16, choices=ApiScope.choices), default=list, blank=True
+    )
+    # Empty: NOTIFY_API_RATE_LIMIT. Else the `limits` notation, e.g. "50/second;1000/minute".
+    rate_limit = models.CharField(
+        max_length=100, blank=True, default="", validators=[validate_rate_limit]
+    )
+
+    class Meta:
+        verbose_name = "API key access"
+        verbose_name_plural = "API key access"
+
+    def __str__(self) -> str:
+        return f"{self.api_key}: {', '.join(self.scopes) or 'no scopes'}"

@@ -57,7 +57,12 @@ def render_template(template: Template, context: dict[str, Any]) -> dict[str, st
     text_ctx = Context(context, autoescape=False)
     try:
         rendered = {
-            "subject": _compile(template.subject, False).render(text_ctx).strip(),
+            # One line wherever it goes (email header, push or inbox title): a line break from
+            # data must not start a new header. Django refuses one outright (BadHeaderError),
+            # which would fail the delivery instead.
+            "subject": " ".join(
+                _compile(template.subject, False).render(text_ctx).splitlines()
+            ).strip(),
             "body": _compile(template.body, False).render(text_ctx).strip(),
             "html": _render_html(template.html_body, context) if template.html_body else "",
             "url": _compile(template.url, False).render(text_ctx).strip() if template.url else "",

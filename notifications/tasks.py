@@ -9,12 +9,12 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task, current_app, shared_task
 from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from channels.base import TransientDeliveryError
+from channels.base import ProviderPaused, TransientDeliveryError
 from notifications import services
 from notifications.services import batches, fanout
 from notifications.services.enqueue import queue_for
@@ -85,11 +85,30 @@ class DeliveryTask(Task):  # type: ignore[misc]
 def _deliver(task: Task, delivery_id: int) -> str:
     try:
         return services.delivery_send(delivery_id=delivery_id, task_name=task.name).value
+    except ProviderPaused as exc:
+        _defer(task, delivery_id, exc)
+        return services.Outcome.DEFERRED.value
     except TransientDeliveryError as exc:
         if exc.retry_after is not None:
             # The provider said when to come back; that beats our own backoff.
             raise task.retry(exc=exc, countdown=_countdown(exc.retry_after)) from exc
         raise
+
+
+def _defer(task: Task, delivery_id: int, paused: ProviderPaused) -> None:
+    """Publish the delivery again, due after the pause, with the retry count it came with: the
+    provider was not called, so neither an attempt nor a Celery retry is spent. The message
+    this task runs for is then acknowledged as done. If the publish fails, the delivery is
+    `queued` with a lease covering the pause, and the sweep takes it back."""
+    countdown = _countdown(paused.retry_after or 1.0)
+    try:
+        if task.request.called_directly:
+            task.apply_async((delivery_id,), countdown=countdown)
+        else:
+            # Same lane, same task id and retries, as task.retry would publish it.
+            task.signature_from_request(countdown=countdown).apply_async()
+    except Exception:
+        logger.warning("could not defer delivery %s", delivery_id, exc_info=True)
 
 
 @shared_task(base=DeliveryTask, bind=True)
@@ -166,6 +185,7 @@ class DeliveryBatchTask(Task):  # type: ignore[misc]
     ignore_result = True
 
 
+_BATCH_TASK_NAME = "notifications.tasks.deliver_{channel}_batch"
 _SINGLE_TASK: dict[str, Task] = {
     "push": deliver_push,
     "email": deliver_email,
@@ -182,13 +202,34 @@ def _deliver_batch(task: Task, channel: str, delivery_ids: list[int]) -> dict[st
     return dict(Counter(outcome.value for outcome in result.outcomes.values()))
 
 
+def _defer_batch(deferred: list[batches.Retry]) -> None:
+    """Deliveries of a batch whose provider was paused or rate-limited go back into one batch
+    per lane, due when the longest pause ends: they were not attempted, so they keep their
+    full retry budget and stay batched. A failed publish is left to the sweep (their lease
+    covers the pause)."""
+    lanes: dict[tuple[str, str], list[batches.Retry]] = {}
+    for item in deferred:
+        lanes.setdefault((item.channel, queue_for(item.channel, item.priority)), []).append(item)
+    for (channel, queue), items in lanes.items():
+        try:
+            current_app.send_task(
+                _BATCH_TASK_NAME.format(channel=channel),
+                args=([item.delivery_id for item in items],),
+                queue=queue,
+                countdown=_countdown(max(item.retry_after or 1.0 for item in items)),
+            )
+        except Exception:
+            logger.warning("could not defer %d batch deliveries", len(items), exc_info=True)
+
+
 def _retry_alone(retries: list[batches.Retry]) -> None:
     """Retry each transient failure of a batch as its own single delivery task would retry
     itself: the batch was its first attempt (retries=0), so the single task starts at
     retries=1, with the same backoff, the same budget and, once that is spent, the same
     dead letter (its on_failure). The batch task itself completes."""
+    _defer_batch([retry for retry in retries if retry.deferred])
     try:
-        for retry in retries:
+        for retry in (retry for retry in retries if not retry.deferred):
             countdown = None if retry.retry_after is None else _countdown(retry.retry_after)
             if countdown is None:
                 countdown = get_exponential_backoff_interval(

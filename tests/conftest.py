@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -106,6 +106,23 @@ def api_client(api_key: tuple[APIKey, str]) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Api-Key {api_key[1]}")
     return client
+
+
+def client_for(key: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
+    return client
+
+
+@pytest.fixture
+def limited_api_client(db: None) -> Callable[..., APIClient]:
+    """``limited_api_client("notify")``: a client whose key has only the scopes named."""
+
+    def make(*scopes: str, rate_limit: str = "") -> APIClient:
+        _, key = create_api_key(name="limited", scopes=scopes, rate_limit=rate_limit)
+        return client_for(key)
+
+    return make
 
 
 @pytest.fixture

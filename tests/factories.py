@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 
 import factory
@@ -8,6 +9,7 @@ from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
 from notifications.models import Delivery, DeliveryStatus, Notification, Template
+from notifications.services.api_keys import ALL_SCOPES, api_key_create
 from preferences.models import Category, Device, Event, Preference, Recipient
 
 
@@ -103,5 +105,8 @@ class DeliveryFactory(factory.django.DjangoModelFactory):
     )
 
 
-def create_api_key(name: str = "tests") -> tuple[APIKey, str]:
-    return APIKey.objects.create_key(name=name)
+def create_api_key(
+    name: str = "tests", scopes: Iterable[str] = ALL_SCOPES, rate_limit: str = ""
+) -> tuple[APIKey, str]:
+    """A key with every scope unless told otherwise, as `manage.py create_api_key` makes."""
+    return api_key_create(name=name, scopes=scopes, rate_limit=rate_limit)

@@ -93,7 +93,9 @@ class WorkerProcess:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            # Celery's warm shutdown: the main process lets its pool finish what it holds.
+            # SIGTERM to the whole group would kill pool children mid-task.
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:

@@ -17,7 +17,8 @@ then decides what happens, so tests and demos need no control channel:
 
 Payloads over 4096 bytes get 413 ``PayloadTooLarge``. Every request is recorded (token,
 headers without the JWT, the JWT's decoded header and claims, JSON payload, status) in
-``requests``, at ``GET /_fake/requests`` and, with ``--log``, in a JSONL file. Alone:
+``requests``, at ``GET /_fake/requests`` and, with ``--log``, in a JSONL file. ``POST
+/_fake/fault`` switches a provider-wide outage, throttle or hang (devtools/fakes/faults.py). Alone:
 ``python -m devtools.fakes.apns --port 2197 --ca-out ca.pem --private-key-out key.p8``.
 """
 
@@ -47,6 +48,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+
+from devtools.fakes.faults import CONTROL_PATH, FaultRequestError, Faults
+from devtools.fakes.stats import STATS_PATH, RequestRate
 
 MAX_PAYLOAD_BYTES = 4096  # Apple's limit for regular remote notifications
 _DEVICE_PATH = re.compile(r"^/3/device/([^/]+)$")
@@ -84,6 +88,8 @@ class FakeAPNs:
         self._attempts: dict[str, int] = {}
         self._expired_jwts: set[str] = set()
         self._expired_for: set[str] = set()
+        self.faults = Faults()  # switched at runtime: POST /_fake/fault (devtools/fakes/faults.py)
+        self.stats = RequestRate()  # GET /_fake/stats: pushes received, busiest second
         self._lock = threading.Lock()
         self._tls_dir = tempfile.TemporaryDirectory(prefix="fake-apns-")
         self.ca_path = ca_out or Path(self._tls_dir.name) / "ca.pem"
@@ -157,6 +163,19 @@ class FakeAPNs:
                 listing = json.dumps(self.requests).encode()
             await _respond(send, 200, {"content-type": "application/json"}, listing)
             return
+        if scope["method"] == "GET" and scope["path"] == STATS_PATH:
+            stats = json.dumps(self.stats.as_json()).encode()
+            await _respond(send, 200, {"content-type": "application/json"}, stats)
+            return
+        if scope["path"] == CONTROL_PATH:
+            try:
+                state = self.faults.control(body) if scope["method"] == "POST" else None
+                answer = 200, json.dumps(state or self.faults.state()).encode()
+            except FaultRequestError as exc:
+                answer = 400, json.dumps({"reason": str(exc)}).encode()
+            await _respond(send, answer[0], {"content-type": "application/json"}, answer[1])
+            return
+        self.stats.count()
         record = self._new_record(scope, headers, body)
         try:
             status, reason, extra = await self._handle(scope, headers, body, record)
@@ -226,6 +245,11 @@ class FakeAPNs:
             return 400, "PayloadEmpty", {}
         if len(body) > MAX_PAYLOAD_BYTES:
             return 413, "PayloadTooLarge", {}
+        verdict = await self.faults.intercept_async()
+        if verdict is not None:  # a hang ends in a 503: the client has given up by then
+            record["fault"] = verdict.mode
+            reason = "TooManyRequests" if verdict.status == 429 else "ServiceUnavailable"
+            return verdict.status, reason, {k.lower(): v for k, v in verdict.headers.items()}
         return await self._by_token(record["token"], provider_token)
 
     def _check_jwt(self, provider_token: str, record: dict[str, Any]) -> str:

@@ -23,6 +23,8 @@ Errors use Google's shape (``{"error": {"code", "message", "status", "details"}}
 is recorded without secrets (the assertion's decoded header and claims, the bearer token's serial
 number) in ``requests``, at ``GET /_fake/requests`` and, with ``--log``, in a JSONL file.
 ``write_service_account()`` makes a key pair and service-account JSON for a ``token_uri``. Alone:
+``POST /_fake/fault`` switches a provider-wide outage, throttle or hang of the sends
+(devtools/fakes/faults.py). Alone:
 ``python -m devtools.fakes.fcm --port 8089 --service-account .run/fcm-service-account.json``
 (the file is written, pointing at this fake, if it does not exist).
 """
@@ -46,6 +48,9 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from devtools.fakes.faults import CONTROL_PATH, FaultRequestError, Faults
+from devtools.fakes.stats import STATS_PATH, RequestRate
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 AUDIENCE = "https://oauth2.googleapis.com/token"  # google-auth signs this whatever token_uri says
@@ -145,6 +150,8 @@ class FakeFCM:
         self._tokens: dict[str, _Issued] = {}
         self._attempts: dict[str, int] = {}
         self._expired_for: set[str] = set()
+        self.faults = Faults()  # switched at runtime: POST /_fake/fault (devtools/fakes/faults.py)
+        self.stats = RequestRate()  # GET /_fake/stats: sends received (not tokens), busiest second
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self._server.fake = self  # type: ignore[attr-defined]
@@ -202,6 +209,16 @@ class FakeFCM:
         if method == "GET" and path == "/_fake/requests":
             with self._lock:
                 return 200, {}, list(self.requests)
+        if method == "GET" and path == STATS_PATH:
+            return 200, {}, self.stats.as_json()
+        if method == "POST" and _SEND_PATH.match(path):
+            self.stats.count()
+        if path == CONTROL_PATH:
+            try:
+                state = self.faults.control(body) if method == "POST" else self.faults.state()
+            except FaultRequestError as exc:
+                return 400, {}, _google(400, "INVALID_ARGUMENT", str(exc))
+            return 200, {}, state
         record: dict[str, Any] = {"at": time.time(), "method": method, "path": path}
         record["headers"] = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         time.sleep(self.latency_ms / 1000)
@@ -209,6 +226,17 @@ class FakeFCM:
         if method == "POST" and path == "/token":
             record["kind"] = "token"
             status, answer = self._token(body, record)
+        elif method == "POST" and send and (verdict := self.faults.intercept()):
+            # A hang ends in a 503 too: the client gave up by then, or gets a transient error.
+            record.update(kind="send", fault=verdict.mode)
+            throttled = verdict.status == 429
+            status, answer, _ = _fcm(
+                verdict.status,
+                "RESOURCE_EXHAUSTED" if throttled else "UNAVAILABLE",
+                "QUOTA_EXCEEDED" if throttled else "UNAVAILABLE",
+                verdict.mode,
+            )
+            extra = dict(verdict.headers)
         elif method == "POST" and send:
             record["kind"] = "send"
             status, answer, extra = self._send(send[1], headers, body, record)

@@ -18,7 +18,9 @@ answer. With ``--webhook-url`` (and ``--webhook-auth user:pass``) each accepted 
 followed by the "Delivery" (or "Bounce") webhook Postmark would post, as anymail expects it.
 
 Every request is recorded (without the token): ``GET /_fake/requests`` returns them as JSON, and
-``--log file.jsonl`` appends them. Run alone: ``python -m devtools.fakes.postmark --port 8025``.
+``--log file.jsonl`` appends them. ``POST /_fake/fault`` switches a provider-wide outage,
+throttle or hang (devtools/fakes/faults.py).
+Run alone: ``python -m devtools.fakes.postmark --port 8025``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from devtools.fakes.faults import CONTROL_PATH, FaultRequestError, Faults
+from devtools.fakes.stats import STATS_PATH, RequestRate
 
 DEFAULT_TOKEN = "fake-postmark-server-token"
 _FLAKY = re.compile(r"^flaky-(\d+)-", re.IGNORECASE)
@@ -90,6 +95,8 @@ class FakePostmark:
         self.requests: list[dict[str, Any]] = []
         self.webhooks: list[dict[str, Any]] = []  # (payload, answer status) posted back
         self.attempts: Counter[str] = Counter()
+        self.faults = Faults()  # switched at runtime: POST /_fake/fault (devtools/fakes/faults.py)
+        self.stats = RequestRate()  # GET /_fake/stats: API calls received, busiest second
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._httpd.daemon_threads = True
@@ -252,7 +259,22 @@ def _handler_for(fake: FakePostmark) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             token = self.headers.get("X-Postmark-Server-Token")
-            status, answer, extra = fake.answer(self.path, token, body)
+            if self.path == CONTROL_PATH:
+                try:
+                    self._send(200, fake.faults.control(body), {})
+                except FaultRequestError as exc:
+                    self._send(400, {"ErrorCode": 0, "Message": str(exc)}, {})
+                return
+            if self.path.startswith("/email"):
+                fake.stats.count()
+            verdict = fake.faults.intercept() if self.path.startswith("/email") else None
+            if verdict is None:
+                status, answer, extra = fake.answer(self.path, token, body)
+            else:
+                refusal = RATE_LIMITED if verdict.status == 429 else MAINTENANCE
+                code = 429 if verdict.status == 429 else 100
+                status, answer = verdict.status, {"ErrorCode": code, "Message": refusal}
+                extra = dict(verdict.headers)
             try:
                 parsed: Any = json.loads(body)
             except ValueError:
@@ -275,12 +297,20 @@ def _handler_for(fake: FakePostmark) -> type[BaseHTTPRequestHandler]:
                     "json": parsed,
                     "status": status,
                     "response": answer,
+                    **({"fault": verdict.mode} if verdict else {}),
                 }
             )
+            if verdict and verdict.drop:
+                self.close_connection = True  # a hang: no answer at all
+                return
             self._send(status, answer, extra)
 
         def do_GET(self) -> None:
-            if self.path.rstrip("/") == "/_fake/requests":
+            if self.path == CONTROL_PATH:
+                self._send(200, fake.faults.state(), {})
+            elif self.path == STATS_PATH:
+                self._send(200, fake.stats.as_json(), {})
+            elif self.path.rstrip("/") == "/_fake/requests":
                 with fake._lock:
                     self._send(200, list(fake.requests), {})
             else:

@@ -23,6 +23,7 @@ The ``To`` number decides what happens (fictional numbers ``+1555010xxxx``):
 
 Every request is recorded without the auth token (``server.requests``, ``GET /_fake/requests``,
 ``--log`` JSONL), every callback in ``server.callbacks`` (``GET /_fake/callbacks``).
+``POST /_fake/fault`` switches a provider-wide outage, throttle or hang (devtools/fakes/faults.py).
 Run alone: ``python -m devtools.fakes.twilio --port 8025``.
 """
 
@@ -47,6 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from twilio.request_validator import RequestValidator
+
+from devtools.fakes.faults import CONTROL_PATH, FaultRequestError, Faults
+from devtools.fakes.stats import STATS_PATH, RequestRate
 
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
 AUTH_TOKEN = "fake-twilio-auth-token"
@@ -93,6 +97,8 @@ class FakeTwilioServer:
         self.requests: list[dict[str, Any]] = []
         self.callbacks: list[dict[str, Any]] = []
         self.attempts: Counter[str] = Counter()
+        self.faults = Faults()  # switched at runtime: POST /_fake/fault (devtools/fakes/faults.py)
+        self.stats = RequestRate()  # GET /_fake/stats: API calls received, busiest second
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self.port = int(self._httpd.server_address[1])
@@ -116,6 +122,7 @@ class FakeTwilioServer:
             self.requests.clear()
             self.callbacks.clear()
             self.attempts.clear()
+        self.stats.reset()
 
     def messages_to(self, number: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -265,7 +272,11 @@ def _handler_for(server: FakeTwilioServer) -> type[BaseHTTPRequestHandler]:
             pass  # the JSONL log is the record
 
         def do_GET(self) -> None:
-            if self.path in ("/_fake/requests", "/_fake/callbacks"):
+            if self.path == CONTROL_PATH:
+                self._send(200, server.faults.state())
+            elif self.path == STATS_PATH:
+                self._send(200, server.stats.as_json())
+            elif self.path in ("/_fake/requests", "/_fake/callbacks"):
                 with server._lock:
                     records = list(getattr(server, self.path.rsplit("/", 1)[1]))
                 self._send(200, records)
@@ -279,6 +290,13 @@ def _handler_for(server: FakeTwilioServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length).decode()
+            if self.path == CONTROL_PATH:
+                try:
+                    self._send(200, server.faults.control(raw.encode()))
+                except FaultRequestError as exc:
+                    self._send(400, {"error": str(exc)})
+                return
+            server.stats.count()
             form = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
             user, password = _basic_auth(self.headers.get("Authorization", ""))
             entry: dict[str, Any] = {
@@ -296,6 +314,7 @@ def _handler_for(server: FakeTwilioServer) -> type[BaseHTTPRequestHandler]:
             if server.latency:
                 time.sleep(server.latency)
             match = _MESSAGES.match(self.path.split("?", 1)[0])
+            verdict = None
             if not entry["authOk"]:
                 status, body, headers = _error(401, 20003, "Authenticate", False)
                 headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
@@ -303,10 +322,18 @@ def _handler_for(server: FakeTwilioServer) -> type[BaseHTTPRequestHandler]:
                 status, body, headers = _error(
                     404, 20404, f"The requested resource {self.path} was not found", False
                 )
+            elif verdict := server.faults.intercept():
+                code = 20429 if verdict.status == 429 else 20503
+                status, body, headers = _error(verdict.status, code, verdict.mode, False)
+                headers.update(verdict.headers)
+                entry["fault"] = verdict.mode
             else:
                 status, body, headers = server.answer(match[1], form)
             entry.update(status=status, response=body)
             server.log(entry)
+            if verdict and verdict.drop:
+                self.close_connection = True  # a hang: no answer at all
+                return
             self._send(status, body, headers)
             if status == 201 and form.get("StatusCallback"):
                 server.schedule_callbacks(body, form["StatusCallback"])

@@ -1,4 +1,8 @@
-"""``Authorization: Api-Key <key>``; keys are stored hashed by djangorestframework-api-key."""
+"""``Authorization: Api-Key <key>``; keys are stored hashed by djangorestframework-api-key.
+
+What a key may call is its scopes (notifications.api.permissions); how often, its rate limit
+(notifications.api.throttling).
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,23 @@ class ApiKeyClient:
 
     def __init__(self, api_key: APIKey) -> None:
         self.api_key = api_key
+        access = getattr(api_key, "access", None)  # no ApiKeyAccess row: no scopes
+        self.scopes: frozenset[str] = frozenset(access.scopes if access is not None else ())
 
     def __str__(self) -> str:
         return f"api-key:{self.api_key.name}"
+
+
+def _usable_key(key: str) -> APIKey | None:
+    """The library's ``get_from_key`` (look up by the public prefix, then compare SHA-512
+    hashes in constant time), with the key's scopes loaded in the same query."""
+    prefix, _, _ = key.partition(".")
+    if "\x00" in prefix:  # PostgreSQL text cannot even be compared with a NUL
+        return None
+    api_key = APIKey.objects.filter(prefix=prefix, revoked=False).select_related("access").first()
+    if api_key is None or not api_key.is_valid(key):
+        return None
+    return cast(APIKey, api_key)
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -33,11 +51,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         keyword, _, key = header.partition(" ")
         if keyword != self.keyword or not key.strip():
             raise AuthenticationFailed("Expected 'Authorization: Api-Key <key>'.")
-        try:
-            api_key = cast(APIKey, APIKey.objects.get_from_key(key.strip()))
-        except APIKey.DoesNotExist:
-            api_key = None
-        if api_key is None or api_key.has_expired or api_key.revoked:
+        api_key = _usable_key(key.strip())
+        if api_key is None or api_key.has_expired:
             raise AuthenticationFailed("Invalid, revoked or expired API key.")
         return ApiKeyClient(api_key), api_key
 

@@ -24,7 +24,7 @@ from notifications.api.parsers import (
 )
 from notifications.api.views import ERROR_RESPONSE
 from notifications.exceptions import NotFound, ServiceError
-from notifications.models import Broadcast
+from notifications.models import ApiScope, Broadcast
 from notifications.services import broadcasts
 
 MAX_AUDIENCE_USER_IDS = 10_000
@@ -98,6 +98,8 @@ def _idempotency_key(request: Request, body_key: str | None) -> str | None:
 
 
 class BroadcastListView(APIView):
+    required_scope = ApiScope.BROADCAST
+
     parser_classes = [BulkJSONParser]
 
     @extend_schema(
@@ -163,6 +165,8 @@ _PROGRESS = OpenApiResponse(
 
 
 class BroadcastDetailView(APIView):
+    required_scope = ApiScope.BROADCAST
+
     @extend_schema(responses={200: _PROGRESS, 404: ERROR_RESPONSE}, summary="Broadcast progress")
     def get(self, request: Request, broadcast_id: uuid.UUID) -> Response:
         broadcast = broadcasts.broadcast_get(broadcast_id=broadcast_id)
@@ -172,6 +176,8 @@ class BroadcastDetailView(APIView):
 
 
 class BroadcastCancelView(APIView):
+    required_scope = ApiScope.BROADCAST
+
     @extend_schema(
         request=None,
         responses={200: _PROGRESS, 404: ERROR_RESPONSE},

@@ -1,10 +1,16 @@
-"""OpenAPI description of our API-key authentication (drf-spectacular extension)."""
+"""OpenAPI description of our API-key authentication (drf-spectacular extension), the JSON error
+format and the error answers common to every operation."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
+
+from notifications.api.fields import RejectUnknownFieldsMixin
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
@@ -18,3 +24,137 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignor
             "name": "Authorization",
             "description": "`Api-Key <key>`; create one with `manage.py create_api_key <name>`.",
         }
+
+
+class AutoSchema(SpectacularAutoSchema):
+    """drf-spectacular's, saying two more things our API does."""
+
+    def _map_basic_serializer(self, serializer: Any, direction: str) -> dict[str, Any]:
+        schema: dict[str, Any] = super()._map_basic_serializer(serializer, direction)
+        if isinstance(serializer, RejectUnknownFieldsMixin) or (
+            isinstance(serializer, type) and issubclass(serializer, RejectUnknownFieldsMixin)
+        ):
+            schema["additionalProperties"] = False  # unknown keys are a 400
+        return schema
+
+    def _map_serializer_field(
+        self, field: Any, direction: str, bypass_extensions: bool = False
+    ) -> Any:
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        # DRF refuses "" unless allow_blank; say so for the fields of input serializers (those
+        # refusing unknown keys), not for output ones, where "" is a value (a delivery's reason).
+        if (
+            isinstance(field, serializers.CharField)
+            and not field.allow_blank
+            and not field.read_only
+            and _in_input_serializer(field)
+            and isinstance(schema, dict)
+            and schema.get("type") == "string"
+        ):
+            schema.setdefault("minLength", 1)
+        return schema
+
+    # drf-spectacular documents a body only for POST, PUT and PATCH; a DELETE that declares one
+    # with @extend_schema(request=...) reads it (unsubscribing userIds from a topic).
+    _documenting_delete = False
+
+    def _get_request_body(self, direction: str = "request") -> Any:
+        if self.method != "DELETE":
+            return super()._get_request_body(direction)
+        self.method, self._documenting_delete = "POST", True
+        try:
+            return super()._get_request_body(direction)
+        finally:
+            self.method, self._documenting_delete = "DELETE", False
+
+    def get_request_serializer(self) -> Any:
+        if self._documenting_delete:
+            return None  # reached only when no body is declared: a DELETE's is never guessed
+        return super().get_request_serializer()
+
+
+def _in_input_serializer(field: Any) -> bool:
+    parent = getattr(field, "parent", None)
+    while parent is not None:
+        if isinstance(parent, RejectUnknownFieldsMixin):
+            return True
+        parent = getattr(parent, "parent", None)
+    return False
+
+
+class ErrorDetailSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    code = serializers.CharField()
+    message = serializers.CharField()
+    # Per field (or "non_field_errors"), the reasons it was refused; nested for nested input.
+    fields = serializers.JSONField(required=False)  # type: ignore[assignment]
+
+
+class ErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """Every API error: ``{"error": {"code", "message", "fields"?}}``."""
+
+    error = ErrorDetailSerializer()
+
+
+ERROR_RESPONSE = OpenApiResponse(ErrorSerializer, description="The JSON error format.")
+
+# Answers any operation can give, whatever its own annotations say: documented here once so that
+# a view cannot forget them (the fuzzer checks that every status code it meets is documented).
+_ANY_SECURED = {
+    "401": "Missing, malformed, unknown, revoked or expired API key.",
+    "403": "The API key lacks the scope this operation needs.",
+    "429": "Over the API key's rate limit; retry after `Retry-After` seconds.",
+}
+_WITH_BODY = {
+    "400": "The body is not valid JSON or not a valid request (see `fields`).",
+    "413": "The body is over the size limit.",
+    "415": "The body is not JSON.",
+}
+_WITH_QUERY = {"400": "A query parameter is invalid (see `fields`)."}
+_WITH_PATH = {"404": "Nothing at this path (or a path parameter of the wrong form)."}
+
+
+def document_common_errors(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular post-processing hook: adds the error answers every operation of a kind
+    can give (above) to each operation that does not document them already."""
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    if "Error" not in schemas:
+        # Normally there through ERROR_RESPONSE; needed if no view names it.
+        schemas["Error"] = {
+            "type": "object",
+            "properties": {"error": {"type": "object"}},
+            "required": ["error"],
+        }
+    for path_item in result.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            errors: dict[str, str] = {}
+            parameters = operation.get("parameters", [])
+            if any(p.get("in") == "path" for p in parameters):
+                errors |= _WITH_PATH
+            if any(p.get("in") == "query" for p in parameters):
+                errors |= _WITH_QUERY
+            if "requestBody" in operation:
+                errors |= _WITH_BODY
+            if any(requirement for requirement in operation.get("security", [])):
+                errors |= _ANY_SECURED
+            for code, description in errors.items():
+                operation["responses"].setdefault(code, _error_response(description))
+            if "429" in operation["responses"]:
+                operation["responses"]["429"].setdefault("headers", _RETRY_AFTER)
+    return result
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before the key's next request can pass.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }

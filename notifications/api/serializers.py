@@ -48,12 +48,12 @@ class NotifyResponseSerializer(serializers.Serializer):  # type: ignore[type-arg
 class DeliverySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     providerMessageId = serializers.CharField(source="provider_message_id")
     lastError = serializers.CharField(source="last_error")
-    queuedAt = serializers.DateTimeField(source="queued_at")
-    sendingAt = serializers.DateTimeField(source="sending_at")
-    sentAt = serializers.DateTimeField(source="sent_at")
-    deliveredAt = serializers.DateTimeField(source="delivered_at")
-    failedAt = serializers.DateTimeField(source="failed_at")
-    skippedAt = serializers.DateTimeField(source="skipped_at")
+    queuedAt = serializers.DateTimeField(source="queued_at", allow_null=True)
+    sendingAt = serializers.DateTimeField(source="sending_at", allow_null=True)
+    sentAt = serializers.DateTimeField(source="sent_at", allow_null=True)
+    deliveredAt = serializers.DateTimeField(source="delivered_at", allow_null=True)
+    failedAt = serializers.DateTimeField(source="failed_at", allow_null=True)
+    skippedAt = serializers.DateTimeField(source="skipped_at", allow_null=True)
     transitions = serializers.JSONField(source="history")
     # Per destination (each push device token): {"status", "messageId"?, "error"?}.
     destinations = serializers.JSONField(source="results")
@@ -86,7 +86,7 @@ class NotificationSerializer(serializers.ModelSerializer):  # type: ignore[type-
     event: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="key", read_only=True
     )
-    idempotencyKey = serializers.CharField(source="idempotency_key")
+    idempotencyKey = serializers.CharField(source="idempotency_key", allow_null=True)
     createdAt = serializers.DateTimeField(source="created_at")
     deliveries = DeliverySerializer(many=True, read_only=True)
 

@@ -7,7 +7,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -15,18 +14,21 @@ from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
 from notifications import selectors, services
+from notifications.api.fields import RejectUnknownFieldsMixin
+from notifications.api.pagination import StrictCursorPagination, filter_params
+from notifications.api.schema import ERROR_RESPONSE
 from notifications.api.serializers import (
     NotificationSerializer,
     NotifyRequestSerializer,
     NotifyResponseSerializer,
 )
 from notifications.exceptions import NotFound, ServiceError
-from notifications.models import DeliveryStatus
-
-ERROR_RESPONSE = OpenApiResponse(description='{"error": {"code", "message", "fields"?}}')
+from notifications.models import ApiScope, DeliveryStatus
 
 
 class NotifyView(APIView):
+    required_scope = ApiScope.NOTIFY
+
     @extend_schema(
         request=NotifyRequestSerializer,
         parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER)],
@@ -75,6 +77,8 @@ class NotifyView(APIView):
 
 
 class NotificationDetailView(APIView):
+    required_scope = ApiScope.READ
+
     @extend_schema(responses={200: NotificationSerializer, 404: ERROR_RESPONSE})
     def get(self, request: Request, notification_id: uuid.UUID) -> Response:
         notification = selectors.notification_get(notification_id=notification_id)
@@ -83,7 +87,7 @@ class NotificationDetailView(APIView):
         return Response(NotificationSerializer(notification).data)
 
 
-class NewestFirst(CursorPagination):
+class NewestFirst(StrictCursorPagination):
     # Rows committed in one transaction share created_at (PostgreSQL now()); the cursor pages
     # through ties by offset, which only holds if the tie order is fixed, hence the id.
     ordering = ("-created_at", "-id")
@@ -92,7 +96,8 @@ class NewestFirst(CursorPagination):
     max_page_size = 500
 
 
-class NotificationFilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class NotificationFilterSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
+    # Unknown parameters are refused: a misspelt filter would otherwise list everything.
     userId = serializers.CharField(required=False, max_length=255)
     event = serializers.CharField(required=False, max_length=128)
     status = serializers.ChoiceField(choices=DeliveryStatus.choices, required=False)
@@ -101,11 +106,13 @@ class NotificationFilterSerializer(serializers.Serializer):  # type: ignore[type
 
 @extend_schema(parameters=[NotificationFilterSerializer])
 class NotificationListView(ListAPIView):  # type: ignore[type-arg]
+    required_scope = ApiScope.READ
+
     serializer_class = NotificationSerializer
     pagination_class = NewestFirst
 
     def get_queryset(self) -> Any:
-        filters = NotificationFilterSerializer(data=self.request.query_params)
+        filters = NotificationFilterSerializer(data=filter_params(self.request, self.paginator))
         filters.is_valid(raise_exception=True)
         given = filters.validated_data
         return selectors.notifications_list(

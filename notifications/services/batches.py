@@ -22,15 +22,23 @@ from typing import TypeVar
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
 
-from channels.base import PermanentDeliveryError, ProviderResult, TransientDeliveryError
+from channels.base import (
+    PermanentDeliveryError,
+    ProviderPaused,
+    ProviderResult,
+    TransientDeliveryError,
+)
+from notifications.models import Delivery
 from notifications.services import transitions
 from notifications.services.deliveries import (
     Outcome,
     ReadyToSend,
     claimed_deliveries,
+    deliveries_mark_sent,
     delivery_dead_letter,
     delivery_prepare,
     delivery_record,
+    has_dead_destinations,
 )
 
 logger = logging.getLogger(__name__)
@@ -42,12 +50,15 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Retry:
     """A delivery of the batch that failed transiently: back in ``queued``, to be retried
-    alone (as a single delivery task) after ``retry_after`` if the provider said so."""
+    alone (as a single delivery task) after ``retry_after`` if the provider said so.
+    ``deferred``: the provider was not called (paused, rate-limited): not an attempt, it goes
+    back into a batch after ``retry_after``."""
 
     delivery_id: int
     channel: str
     priority: str
     retry_after: float | None
+    deferred: bool = False
 
 
 @dataclass
@@ -78,11 +89,30 @@ def deliveries_send_batch(
             ready.append(prepared)
         elif prepared is not None:
             result.outcomes[delivery.pk] = prepared
+    sent: list[tuple[Delivery, ProviderResult]] = []
     for item, answer in _call_providers(ready, threads):
         _guarded(
-            result, item.delivery.pk, task_name, partial(_record, item, answer, result, task_name)
+            result,
+            item.delivery.pk,
+            task_name,
+            partial(_record, item, answer, result, task_name, sent),
         )
+        if len(sent) >= settings.NOTIFY_DELIVERY_SENT_FLUSH:
+            _flush_sent(sent)
+    _flush_sent(sent)
     return result
+
+
+def _flush_sent(sent: list[tuple[Delivery, ProviderResult]]) -> None:
+    """Record the provider acceptances collected so far in one UPDATE.
+
+    Until then those deliveries stay ``sending``: a worker killed in between leaves them to
+    the sweep, which sends them again (docs/reliability.md, the crash window), so the flush
+    size bounds the duplicates one crash can cause as well as the number of commits.
+    """
+    if sent:
+        deliveries_mark_sent(sent)
+        sent.clear()
 
 
 def batch_threads(channel: str) -> int:
@@ -94,9 +124,15 @@ def _record(
     answer: Callable[[], _ProviderAnswer],
     result: BatchResult,
     task_name: str,
+    sent: list[tuple[Delivery, ProviderResult]],
 ) -> Outcome:
     reply = answer()
     delivery = item.delivery
+    if isinstance(reply, ProviderResult) and not has_dead_destinations(reply):
+        # Nothing to retire: recorded with the others' (``_flush_sent``).
+        sent.append((delivery, reply))
+        result.outcomes[delivery.pk] = Outcome.SENT
+        return Outcome.SENT
     try:
         if isinstance(reply, ProviderResult):
             outcome = delivery_record(item, result=reply, task_name=task_name)
@@ -104,13 +140,15 @@ def _record(
             outcome = delivery_record(item, error=reply, task_name=task_name)
     except TransientDeliveryError as exc:
         # Already recorded as queued by delivery_record; the task schedules the retry.
-        outcome = Outcome.RETRY
+        deferred = isinstance(exc, ProviderPaused)
+        outcome = Outcome.DEFERRED if deferred else Outcome.RETRY
         result.retries.append(
             Retry(
                 delivery_id=delivery.pk,
                 channel=delivery.channel,
                 priority=delivery.notification.priority,
                 retry_after=exc.retry_after,
+                deferred=deferred,
             )
         )
     result.outcomes[delivery.pk] = outcome
@@ -184,7 +222,10 @@ def _answer_in_thread(item: ReadyToSend) -> _ProviderAnswer:
 
 def _batch_lease(size: int, threads: int) -> float:
     """Long enough for the whole batch to get through its provider calls even if every one
-    of them runs into the timeout; otherwise the sweep could hand a delivery still waiting
-    in this batch to a second worker."""
+    of them waits out the rate limit, then runs into the timeout; otherwise the sweep could
+    hand a delivery still waiting in this batch to a second worker."""
     rounds = math.ceil(size / threads)
-    return float(settings.NOTIFY_LEASE_SECONDS + rounds * settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS)
+    per_call = (
+        settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS + settings.NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS
+    )
+    return float(settings.NOTIFY_LEASE_SECONDS + rounds * per_call)

@@ -23,6 +23,7 @@ from channels.base import (
     OutboundMessage,
     PermanentDeliveryError,
     Provider,
+    ProviderPaused,
     ProviderResult,
     TransientDeliveryError,
 )
@@ -42,6 +43,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     NOT_CLAIMED = "not_claimed"
     RETRY = "retry"  # back to queued after a transient error; a retry is scheduled
+    DEFERRED = "deferred"  # provider paused or rate-limited: back to queued, not an attempt
 
 
 def delivery_send(*, delivery_id: int, task_name: str = "") -> Outcome:
@@ -157,8 +159,12 @@ def delivery_record(
     error: TransientDeliveryError | PermanentDeliveryError | None = None,
     task_name: str = "",
 ) -> Outcome:
-    """Record what the provider answered. A transient error is recorded, then re-raised."""
+    """Record what the provider answered. A transient error is recorded, then re-raised;
+    so is ProviderPaused (the provider was not called), without spending an attempt."""
     delivery, recipient = ready.delivery, ready.recipient
+    if isinstance(error, ProviderPaused):
+        _record_deferral(delivery, recipient, error)
+        raise error
     if isinstance(error, TransientDeliveryError):
         _record_transient(delivery, recipient, error)
         raise error
@@ -176,6 +182,11 @@ def delivery_record(
     assert result is not None
     _retire_dead_destinations(delivery.channel, recipient, None, result.destinations)
     return _mark_sent(delivery, result)
+
+
+def has_dead_destinations(result: ProviderResult) -> bool:
+    """Whether recording ``result`` retires a device (the batch records such rows alone)."""
+    return any(outcome.status == "dead" for outcome in result.destinations.values())
 
 
 def _skip(delivery: Delivery, reason: str) -> Outcome:
@@ -245,6 +256,7 @@ def _outbound(
         ),
         content=delivery.content,
         data=notification.data,
+        priority=notification.priority,
     )
 
 
@@ -265,21 +277,33 @@ def _record_transient(
         )
 
 
+def _record_deferral(delivery: Delivery, recipient: Recipient, paused: ProviderPaused) -> None:
+    with transaction.atomic():
+        _retire_dead_destinations(delivery.channel, recipient, None, paused.partial)
+        transitions.release(
+            [delivery.pk],
+            lease_seconds=(paused.retry_after or 0.0) + settings.NOTIFY_LEASE_SECONDS,
+            note={"deferred": paused.reason, "retryAfter": paused.retry_after},
+            merge_results=_as_json(paused.partial),
+        )
+
+
 def _mark_sent(delivery: Delivery, result: ProviderResult) -> Outcome:
-    moved = transitions.transition(
-        [delivery.pk],
-        to=DeliveryStatus.SENT,
-        # A sweep may have requeued us while the provider was slow; a late success still wins.
-        allowed_from=(DeliveryStatus.SENDING, DeliveryStatus.QUEUED),
-        note={"provider": result.provider, "messageId": result.message_id},
-        merge_results=_as_json(result.destinations),
-        provider=result.provider,
-        provider_message_id=result.message_id,
-        last_error="",
-    )
-    if not moved:
-        logger.warning("delivery %s was sent but had left the sending state", delivery.pk)
+    deliveries_mark_sent([(delivery, result)])
     return Outcome.SENT
+
+
+def deliveries_mark_sent(sent: list[tuple[Delivery, ProviderResult]]) -> None:
+    """Record provider acceptances, many in one UPDATE (a batch's) or one (a single send)."""
+    moved = transitions.mark_sent_many(
+        [
+            (d.pk, result.provider, result.message_id, _as_json(result.destinations))
+            for d, result in sent
+        ]
+    )
+    for delivery, _ in sent:
+        if delivery.pk not in moved:
+            logger.warning("delivery %s was sent but had left the sending state", delivery.pk)
 
 
 def _as_json(outcomes: dict[str, DestinationOutcome]) -> dict[str, Any]:

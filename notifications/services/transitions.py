@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from psycopg2.extras import execute_values
 
 from notifications.models import DeliveryStatus
 
@@ -36,6 +37,7 @@ def transition(
     note: dict[str, Any] | None = None,
     lease_seconds: float | None = None,
     count_attempt: bool = False,
+    uncount_attempt: bool = False,
     merge_results: dict[str, Any] | None = None,
     **fields: Any,
 ) -> list[tuple[int, str, int]]:
@@ -43,8 +45,9 @@ def transition(
 
     Returns (id, channel, attempts) of each row that moved; rows in any other status are left
     alone. ``lease_seconds`` sets ``lease_until`` (None clears it), ``count_attempt`` bumps
-    ``attempts``; ``note`` is merged into the history entry; ``merge_results`` is merged
-    into ``results`` (per-destination outcomes).
+    ``attempts`` (``uncount_attempt`` takes back the one a claim counted); ``note`` is
+    merged into the history entry; ``merge_results`` is merged into ``results``
+    (per-destination outcomes).
     """
     if not delivery_ids:
         return []
@@ -53,6 +56,7 @@ def transition(
         note=note,
         lease_seconds=lease_seconds,
         count_attempt=count_attempt,
+        uncount_attempt=uncount_attempt,
         merge_results=merge_results,
         fields=fields,
     )
@@ -65,6 +69,43 @@ def transition(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [(row[0], row[1], row[2]) for row in cursor.fetchall()]
+
+
+def mark_sent_many(rows: list[tuple[int, str, str, dict[str, Any]]]) -> list[int]:
+    """sending (or queued) → sent for many deliveries in one UPDATE, each with its own
+    provider, provider message id and per-destination results; returns the ids that moved.
+
+    The same change ``transition(to=SENT)`` makes one row at a time (a batch records its
+    sent outcomes together). ``rows``: (delivery id, provider, message id, results).
+    """
+    if not rows:
+        return []
+    # A sweep may have requeued a delivery while its provider was slow: a late success wins.
+    sql = """
+        UPDATE notifications_delivery AS d SET
+            status = 'sent',
+            sent_at = now(),
+            lease_until = NULL,
+            history = d.history || jsonb_build_array(jsonb_build_object(
+                'status', 'sent', 'at', now(), 'attempt', d.attempts,
+                'provider', v.provider, 'messageId', v.message_id)),
+            results = d.results || v.results,
+            provider = v.provider,
+            provider_message_id = v.message_id,
+            last_error = ''
+        FROM (VALUES %s) AS v(id, provider, message_id, results)
+        WHERE d.id = v.id AND d.status IN ('sending', 'queued')
+        RETURNING d.id
+    """
+    values = [
+        (pk, provider, message_id, json.dumps(results))
+        for pk, provider, message_id, results in rows
+    ]
+    with connection.cursor() as cursor:
+        moved = execute_values(
+            cursor, sql, values, template="(%s::bigint, %s, %s, %s::jsonb)", fetch=True
+        )
+    return sorted(row[0] for row in moved)
 
 
 def transition_broadcast(
@@ -101,12 +142,15 @@ def _set_clause(
     count_attempt: bool,
     merge_results: dict[str, Any] | None,
     fields: dict[str, Any],
+    uncount_attempt: bool = False,
 ) -> tuple[str, list[Any]]:
     """The SET list of a transition and its parameters (shared by every kind of WHERE)."""
     unknown = set(fields) - _SETTABLE
     if unknown:
         raise ValueError(f"cannot set {sorted(unknown)} in a transition")
     attempts_expr = "attempts + 1" if count_attempt else "attempts"
+    if uncount_attempt:
+        attempts_expr = "GREATEST(attempts - 1, 0)"
     assignments = [
         "status = %s",
         f"{_TIMESTAMP_COLUMN[to]} = now()",
@@ -144,6 +188,30 @@ def claim_many(delivery_ids: list[int], *, lease_seconds: float | None = None) -
         count_attempt=True,
     )
     return sorted(delivery_id for delivery_id, _, _ in moved)
+
+
+def release(
+    delivery_ids: list[int],
+    *,
+    lease_seconds: float,
+    note: dict[str, Any],
+    merge_results: dict[str, Any] | None = None,
+) -> list[tuple[int, str, int]]:
+    """sending → queued, taking back the attempt the claim counted: the provider was not
+    called (its circuit is open or its rate limit full), so the retry budget is untouched.
+
+    The lease covers the wait, so the sweep re-enqueues the delivery if the deferred message
+    is lost, but not before it is due.
+    """
+    return transition(
+        delivery_ids,
+        to=DeliveryStatus.QUEUED,
+        allowed_from=(DeliveryStatus.SENDING,),
+        lease_seconds=lease_seconds,
+        uncount_attempt=True,
+        note=note,
+        merge_results=merge_results,
+    )
 
 
 def requeue_expired(limit: int) -> list[tuple[int, str]]:

@@ -20,7 +20,10 @@ def _time_zones() -> frozenset[str]:
 
 class RecipientSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
     userId = serializers.CharField(source="external_id", read_only=True)
-    email = serializers.EmailField(required=False, allow_null=True, allow_blank=True)
+    # The validator allows up to 320 characters; the column (and RFC 5321's path) holds 254.
+    email = serializers.EmailField(
+        required=False, allow_null=True, allow_blank=True, max_length=254
+    )
     phone = PhoneNumberField(required=False, allow_null=True, allow_blank=True)
     locale = StrictCharField(required=False, allow_blank=True, max_length=35)
     timezone = StrictCharField(required=False, allow_blank=True, max_length=64)
@@ -50,7 +53,9 @@ class RecipientSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer)
 class DeviceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
     platform = serializers.ChoiceField(choices=Device.Platform.choices)
     token = StrictCharField(max_length=4096)
-    deactivatedAt = serializers.DateTimeField(source="deactivated_at", read_only=True)
+    deactivatedAt = serializers.DateTimeField(
+        source="deactivated_at", read_only=True, allow_null=True
+    )
     deactivationReason = serializers.CharField(source="deactivation_reason", read_only=True)
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
 

@@ -9,18 +9,19 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_slug
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from notifications.api.broadcasts import BulkJSONParser
 from notifications.api.fields import RejectUnknownFieldsMixin, StrictCharField
+from notifications.api.pagination import StrictCursorPagination
 from notifications.api.views import ERROR_RESPONSE
 from notifications.exceptions import NotFound
+from notifications.models import ApiScope
 from preferences import selectors, services
 from preferences.models import Topic, TopicSubscription
 
@@ -47,6 +48,15 @@ def topic_representation(topic: Topic, subscribers: int) -> dict[str, Any]:
 _TOPIC = OpenApiResponse(description='{"key", "name", "subscribers", "createdAt"}')
 
 
+# What a new topic's key may be (validated in TopicView.put).
+TOPIC_KEY = OpenApiParameter(
+    "key",
+    {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$", "maxLength": 128},
+    OpenApiParameter.PATH,
+    required=True,
+)
+
+
 def _topic_or_404(key: str) -> Topic:
     topic = selectors.topic_get(key=key)
     if topic is None:
@@ -55,6 +65,8 @@ def _topic_or_404(key: str) -> Topic:
 
 
 class TopicView(APIView):
+    required_scope = ApiScope.RECIPIENTS
+
     @extend_schema(responses={200: _TOPIC, 404: ERROR_RESPONSE})
     def get(self, request: Request, key: str) -> Response:
         topic = _topic_or_404(key)
@@ -62,6 +74,7 @@ class TopicView(APIView):
 
     @extend_schema(
         request=TopicSerializer,
+        parameters=[TOPIC_KEY],
         responses={200: _TOPIC, 201: _TOPIC, 400: ERROR_RESPONSE},
         summary="Create a topic or rename it",
     )
@@ -97,7 +110,7 @@ class SubscriberSerializer(serializers.ModelSerializer):  # type: ignore[type-ar
         fields = ["userId", "subscribedAt"]
 
 
-class ByRecipient(CursorPagination):
+class ByRecipient(StrictCursorPagination):
     # Recipient ids are unique within a topic, and (topic, recipient) is the unique index:
     # every page is an index range scan, however deep.
     ordering = ("recipient_id",)
@@ -113,6 +126,8 @@ _CHANGE = OpenApiResponse(
 
 
 class TopicSubscribersView(ListAPIView):  # type: ignore[type-arg]
+    required_scope = ApiScope.RECIPIENTS
+
     serializer_class = SubscriberSerializer
     pagination_class = ByRecipient
     parser_classes = [BulkJSONParser]

@@ -5,13 +5,15 @@ from typing import Any
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from notifications.api.fields import RejectUnknownFieldsMixin
+from notifications.api.pagination import StrictCursorPagination, filter_params
 from notifications.api.views import ERROR_RESPONSE
 from notifications.exceptions import NotFound, RecipientNotFound
+from notifications.models import ApiScope
 from preferences import selectors, services
 from preferences.api.serializers import (
     DeviceSerializer,
@@ -31,6 +33,8 @@ def _recipient_or_404(user_id: str) -> Recipient:
 
 
 class RecipientView(APIView):
+    required_scope = ApiScope.RECIPIENTS
+
     @extend_schema(responses={200: RecipientSerializer, 404: ERROR_RESPONSE})
     def get(self, request: Request, user_id: str) -> Response:
         return Response(RecipientSerializer(_recipient_or_404(user_id)).data)
@@ -60,6 +64,8 @@ class RecipientView(APIView):
 
 
 class DeviceListView(APIView):
+    required_scope = ApiScope.RECIPIENTS
+
     @extend_schema(responses={200: DeviceSerializer(many=True), 404: ERROR_RESPONSE})
     def get(self, request: Request, user_id: str) -> Response:
         recipient = _recipient_or_404(user_id)
@@ -87,6 +93,8 @@ class DeviceListView(APIView):
 
 
 class DeviceDetailView(APIView):
+    required_scope = ApiScope.RECIPIENTS
+
     @extend_schema(responses={204: None, 404: ERROR_RESPONSE})
     def delete(self, request: Request, user_id: str, device_id: int) -> Response:
         recipient = _recipient_or_404(user_id)
@@ -96,6 +104,8 @@ class DeviceDetailView(APIView):
 
 
 class PreferencesView(APIView):
+    required_scope = ApiScope.RECIPIENTS
+
     @extend_schema(responses={200: PreferencesSerializer, 404: ERROR_RESPONSE})
     def get(self, request: Request, user_id: str) -> Response:
         recipient = _recipient_or_404(user_id)
@@ -125,12 +135,13 @@ class PreferencesView(APIView):
         return Response({"preferences": [preference_representation(rule) for rule in saved]})
 
 
-class SuppressionFilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class SuppressionFilterSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
+    # Unknown parameters are refused: a misspelt filter would otherwise list everything.
     channel = serializers.ChoiceField(choices=[("email", "email"), ("sms", "sms")], required=False)
     address = serializers.CharField(required=False, max_length=320)
 
 
-class NewestSuppressionsFirst(CursorPagination):
+class NewestSuppressionsFirst(StrictCursorPagination):
     ordering = ("-created_at", "-id")
     page_size = 50
     page_size_query_param = "pageSize"
@@ -141,11 +152,12 @@ class NewestSuppressionsFirst(CursorPagination):
 class SuppressionListView(ListAPIView):  # type: ignore[type-arg]
     """Destinations we no longer send to (hard bounces, complaints, SMS STOP, manual)."""
 
+    required_scope = ApiScope.RECIPIENTS
     serializer_class = SuppressionSerializer
     pagination_class = NewestSuppressionsFirst
 
     def get_queryset(self) -> Any:
-        filters = SuppressionFilterSerializer(data=self.request.query_params)
+        filters = SuppressionFilterSerializer(data=filter_params(self.request, self.paginator))
         filters.is_valid(raise_exception=True)
         return selectors.suppressions_list(**filters.validated_data)
 
@@ -170,6 +182,8 @@ class SuppressionListView(ListAPIView):  # type: ignore[type-arg]
 
 
 class SuppressionDetailView(APIView):
+    required_scope = ApiScope.RECIPIENTS
+
     @extend_schema(responses={204: None, 404: ERROR_RESPONSE}, summary="Allow a destination again")
     def delete(self, request: Request, suppression_id: int) -> Response:
         if not services.suppression_remove(suppression_id=suppression_id):

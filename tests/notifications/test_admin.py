@@ -328,12 +328,21 @@ def test_replay_selected_reports_a_mixed_selection(
     assert done.replayed_by == "earlier"
 
 
-def test_replay_needs_the_change_permission(client, order_shipped, broker, django_user_model):
+def _staff_with(django_user_model, *codenames: str):
     from django.contrib.auth.models import Permission
 
-    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_faileddelivery"))
-    client.force_login(viewer)
+    user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+def test_replay_needs_its_own_permission_not_change(
+    client, order_shipped, broker, django_user_model
+):
+    # Viewing and even changing dead letters does not allow sending messages again.
+    client.force_login(
+        _staff_with(django_user_model, "view_faileddelivery", "change_faileddelivery")
+    )
     letter = _dead_letter(
         DeliveryFactory(
             notification__event=order_shipped, channel="email", status=DeliveryStatus.FAILED
@@ -349,6 +358,67 @@ def test_replay_needs_the_change_permission(client, order_shipped, broker, djang
     letter.refresh_from_db()
     assert letter.replayed_at is None
     assert broker.queued("email") == 0
+
+
+def test_the_replay_permission_allows_replaying(
+    client, order_shipped, broker, django_user_model, django_capture_on_commit_callbacks
+):
+    client.force_login(
+        _staff_with(django_user_model, "view_faileddelivery", "replay_faileddelivery")
+    )
+    letter = _dead_letter(
+        DeliveryFactory(
+            notification__event=order_shipped, channel="email", status=DeliveryStatus.FAILED
+        )
+    )
+
+    assert (
+        b"replay_selected"
+        in client.get(reverse("admin:notifications_faileddelivery_changelist")).content
+    )
+    assert _replay(client, [letter], django_capture_on_commit_callbacks) == [
+        "Replayed 1 of 1 selected dead letters."
+    ]
+    assert broker.queued("email") == 1
+
+
+def test_the_admin_is_for_staff_only(client, django_user_model):
+    user = django_user_model.objects.create_user("someone", password="pw", is_staff=False)
+    client.force_login(user)
+
+    for name in ("faileddelivery", "notification"):
+        response = client.get(reverse(f"admin:notifications_{name}_changelist"))
+        assert response.status_code == 302
+        assert response["Location"].startswith(reverse("admin:login"))
+
+
+def test_an_api_key_made_in_the_admin_has_the_scopes_ticked(admin_client):
+    from rest_framework_api_key.models import APIKey
+
+    response = admin_client.post(
+        reverse("admin:rest_framework_api_key_apikey_add"),
+        {
+            "name": "billing",
+            "access-TOTAL_FORMS": "1",
+            "access-INITIAL_FORMS": "0",
+            "access-MIN_NUM_FORMS": "1",
+            "access-MAX_NUM_FORMS": "1",
+            "access-0-scopes": ["notify", "read"],
+            "access-0-rate_limit": "20/second",
+        },
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    api_key = APIKey.objects.select_related("access").get(name="billing")
+    assert api_key.access.scopes == ["notify", "read"]
+    assert api_key.access.rate_limit == "20/second"
+    # The library's admin shows the key once, in a message; it works with those scopes only.
+    shown = next(str(m) for m in response.context["messages"] if "API key for" in str(m))
+    key = shown.split(" is: ")[1].split(". ")[0]
+    assert api_key.is_valid(key)
+    changelist = admin_client.get(reverse("admin:rest_framework_api_key_apikey_changelist"))
+    assert b"notify, read" in changelist.content
 
 
 def test_template_locale_is_stored_canonical_and_validated(admin_client, order_shipped):

@@ -218,11 +218,36 @@ def test_a_batch_claims_in_one_statement_and_loads_in_one(
     ids = list(Delivery.objects.values_list("pk", flat=True))
     transitions.claim_many(ids[:0])  # nothing to claim: no query at all
 
-    # One claim, one load (rules and suppressions included), then one UPDATE per outcome.
-    with django_assert_num_queries(2 + 5):
+    # One claim, one load (rules and suppressions included), one UPDATE for the acceptances.
+    with django_assert_num_queries(2 + 1):
         batches.deliveries_send_batch(delivery_ids=ids, channel="email")
 
     assert len(mail.outbox) == 5
+    sent = Delivery.objects.filter(status=DeliveryStatus.SENT)
+    assert sent.count() == 5
+    # Each row got its own message id and history entry, not one copied across the batch.
+    assert len(set(sent.values_list("provider_message_id", flat=True))) == 5
+    for delivery in sent:
+        assert delivery.history[-1]["status"] == "sent"
+        assert delivery.history[-1]["messageId"] == delivery.provider_message_id
+        assert delivery.lease_until is None
+
+
+def test_acceptances_are_recorded_every_flush_size_deliveries(
+    news, settings, django_assert_num_queries
+):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.NOTIFY_DELIVERY_SENT_FLUSH = 2
+    for _ in range(5):
+        RecipientFactory()
+    broadcast_id = start_broadcast(news, {"all": True}, channels=["email"])
+    fan_out(broadcast_id)
+    ids = list(Delivery.objects.values_list("pk", flat=True))
+
+    with django_assert_num_queries(2 + 3):  # 2 + 2 + 1 acceptances
+        batches.deliveries_send_batch(delivery_ids=ids, channel="email")
+
+    assert Delivery.objects.filter(status=DeliveryStatus.SENT).count() == 5
 
 
 def test_rules_and_suppressions_loaded_with_the_batch_are_read_at_send_time(news):

@@ -1,0 +1,212 @@
+"""A circuit breaker per provider, its state in Redis so every worker process shares it.
+
+closed    calls go through. ``NOTIFY_CIRCUIT_FAILURES`` transient failures in a row (each
+          within ``NOTIFY_CIRCUIT_WINDOW_SECONDS`` of the first) open it; any answer from the
+          provider, even a permanent error, resets the count.
+open      for ``NOTIFY_CIRCUIT_COOLDOWN_SECONDS`` (or the provider's Retry-After, if longer)
+          no call is made: the caller defers the delivery for the time left, which costs it
+          no attempt, so an outage does not burn retry budgets in seconds.
+half-open after the cool-down exactly one call, the probe, goes through (``SET NX`` with a
+          TTL: if the prober dies, another process probes once the TTL runs out); the others
+          keep waiting. The probe's success closes the circuit, its failure reopens it.
+
+A Retry-After on a transient error extends an open circuit to at least that long; on its own
+it does not open one (an APNs 429 is about one device token, not the whole provider).
+Redis unreachable: calls go through as if closed, rather than failing deliveries.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "notify:circuit"
+# How long an opened circuit is remembered without a successful probe; only a safety net
+# against a key that would otherwise never go away.
+_TRIPPED_TTL_MS = 24 * 3600 * 1000
+
+# KEYS: failures, open, tripped. ARGV: threshold, window ms, cool-down ms, tripped ttl ms,
+# Retry-After ms. Returns 1 when this failure opened the circuit.
+_FAILURE_SCRIPT = """
+local retry_after = tonumber(ARGV[5])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+    -- open or half-open already: a late failure only stretches the pause to its Retry-After
+    if retry_after > 0 and redis.call('PTTL', KEYS[2]) > 0
+            and redis.call('PTTL', KEYS[2]) < retry_after then
+        redis.call('SET', KEYS[2], '1', 'PX', retry_after)
+    end
+    return 0
+end
+local failures = redis.call('INCR', KEYS[1])
+if failures == 1 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if failures < tonumber(ARGV[1]) then
+    return 0
+end
+redis.call('SET', KEYS[2], '1', 'PX', math.max(tonumber(ARGV[3]), retry_after))
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+class State(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitOpen(Exception):
+    def __init__(self, provider: str, retry_after: float) -> None:
+        super().__init__(f"{provider}: paused after repeated failures (circuit open)")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A call let through; ``probe`` when it is the one call of a half-open circuit."""
+
+    provider: str
+    probe: bool = False
+    # Failures in a row were counted when the call was let through: a success must clear
+    # them (otherwise a success costs no write).
+    failing: bool = True
+
+
+def enabled() -> bool:
+    return bool(settings.NOTIFY_CIRCUIT_BREAKER)
+
+
+@functools.cache
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def _redis() -> redis.Redis:
+    return _client(settings.NOTIFY_GUARD_REDIS_URL)
+
+
+def _keys(provider: str) -> tuple[str, str, str, str]:
+    base = f"{_PREFIX}:{provider}"
+    return f"{base}:failures", f"{base}:open", f"{base}:tripped", f"{base}:probe"
+
+
+def _probe_ttl_ms() -> int:
+    # The probe may wait for the rate limit, then run into the provider timeout.
+    seconds = (
+        settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS + settings.NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS + 5
+    )
+    return int(seconds * 1000)
+
+
+def admit(provider: str) -> Admission:
+    """Let a call through, or raise CircuitOpen with the seconds to wait."""
+    if not enabled():
+        return Admission(provider)
+    failures_key, open_key, tripped_key, probe_key = _keys(provider)
+    try:
+        client = _redis()
+        pipe = client.pipeline()
+        pipe.pttl(open_key)
+        pipe.exists(tripped_key)
+        pipe.exists(failures_key)
+        open_ms, tripped, failing = pipe.execute()
+        if open_ms > 0:
+            raise CircuitOpen(provider, open_ms / 1000)
+        if not tripped:
+            return Admission(provider, failing=bool(failing))
+        if client.set(probe_key, "1", nx=True, px=_probe_ttl_ms()):
+            logger.warning("circuit of %s half-open: probing", provider)
+            return Admission(provider, probe=True)
+        probe_ms = int(client.pttl(probe_key))
+        raise CircuitOpen(provider, max(1.0, probe_ms / 1000))
+    except redis.RedisError:
+        logger.warning("circuit state of %s unavailable; calling it", provider, exc_info=True)
+        return Admission(provider)
+
+
+def record_success(admission: Admission) -> None:
+    """The provider answered (sent, or refused the message itself): the failures in a row
+    end; a successful probe closes the circuit."""
+    if not enabled():
+        return
+    failures_key, open_key, tripped_key, probe_key = _keys(admission.provider)
+    try:
+        if admission.probe:
+            _redis().delete(failures_key, open_key, tripped_key, probe_key)
+            logger.warning("circuit of %s closed: the probe succeeded", admission.provider)
+        elif admission.failing:
+            _redis().delete(failures_key)
+    except redis.RedisError:
+        logger.warning("circuit state of %s unavailable", admission.provider, exc_info=True)
+
+
+def record_failure(admission: Admission, *, retry_after: float | None = None) -> None:
+    """A transient failure: counted towards opening the circuit; a failed probe reopens it."""
+    if not enabled():
+        return
+    failures_key, open_key, tripped_key, probe_key = _keys(admission.provider)
+    cooldown_ms = int(float(settings.NOTIFY_CIRCUIT_COOLDOWN_SECONDS) * 1000)
+    retry_after_ms = int((retry_after or 0) * 1000)
+    try:
+        client = _redis()
+        if admission.probe:
+            pause_ms = max(cooldown_ms, retry_after_ms)
+            pipe = client.pipeline()
+            pipe.set(open_key, "1", px=pause_ms)
+            pipe.set(tripped_key, "1", px=_TRIPPED_TTL_MS)
+            pipe.delete(probe_key)
+            pipe.execute()
+            logger.warning("circuit of %s reopened: the probe failed", admission.provider)
+            return
+        opened = client.eval(
+            _FAILURE_SCRIPT,
+            3,
+            failures_key,
+            open_key,
+            tripped_key,
+            int(settings.NOTIFY_CIRCUIT_FAILURES),
+            int(float(settings.NOTIFY_CIRCUIT_WINDOW_SECONDS) * 1000),
+            cooldown_ms,
+            _TRIPPED_TTL_MS,
+            retry_after_ms,
+        )
+        if opened:
+            logger.warning("circuit of %s opened after repeated failures", admission.provider)
+    except redis.RedisError:
+        logger.warning("circuit state of %s unavailable", admission.provider, exc_info=True)
+
+
+def release(admission: Admission) -> None:
+    """The admitted call was not made (rate limit, bug): let another process probe."""
+    if not (enabled() and admission.probe):
+        return
+    try:
+        _redis().delete(_keys(admission.provider)[3])
+    except redis.RedisError:
+        logger.warning("circuit state of %s unavailable", admission.provider, exc_info=True)
+
+
+def state(provider: str) -> State:
+    """The circuit's state as the next call would find it (for tests, logs and metrics)."""
+    _, open_key, tripped_key, _ = _keys(provider)
+    pipe = _redis().pipeline()
+    pipe.pttl(open_key)
+    pipe.exists(tripped_key)
+    open_ms, tripped = pipe.execute()
+    if open_ms > 0:
+        return State.OPEN
+    return State.HALF_OPEN if tripped else State.CLOSED
+
+
+def reset(provider: str) -> None:
+    """Close the circuit and forget its failures (an operator's override; tests)."""
+    _redis().delete(*_keys(provider))

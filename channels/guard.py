@@ -1,0 +1,111 @@
+"""The one place where a provider call is gated: its circuit breaker, then its rate limit.
+
+``registry.provider_for`` and ``push.sender_for`` hand out providers and push senders wrapped
+here, so the single and batch delivery paths, and any provider added later, are gated without
+knowing it. A call that must not go now raises ``ProviderPaused`` (not an attempt: the
+delivery waits in ``queued``); what the provider answers feeds the breaker. docs/reliability.md
+has the states and settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from channels import circuit, ratelimit
+from channels.base import (
+    OutboundMessage,
+    PermanentDeliveryError,
+    Provider,
+    ProviderPaused,
+    ProviderResult,
+    TransientDeliveryError,
+)
+
+T = TypeVar("T")
+
+
+def guarded_call(provider: str, *, bulk: bool, call: Callable[[], T]) -> T:
+    """``call()`` (one request to ``provider``) if its circuit and rate limit allow it now."""
+    try:
+        admission = circuit.admit(provider)
+    except circuit.CircuitOpen as exc:
+        raise ProviderPaused(
+            str(exc), reason="circuit_open", retry_after=exc.retry_after, provider=provider
+        ) from None
+    try:
+        ratelimit.acquire(provider, bulk=bulk)
+    except ratelimit.RateLimitWaitExceeded as exc:
+        circuit.release(admission)
+        raise ProviderPaused(
+            str(exc), reason="rate_limited", retry_after=exc.retry_after, provider=provider
+        ) from None
+    try:
+        result = call()
+    except TransientDeliveryError as exc:
+        circuit.record_failure(admission, retry_after=exc.retry_after)
+        raise
+    except PermanentDeliveryError:
+        # The provider is up: it answered that this destination or message is refused.
+        circuit.record_success(admission)
+        raise
+    except BaseException:
+        circuit.release(admission)  # a bug or a configuration error says nothing of its health
+        raise
+    circuit.record_success(admission)
+    return result
+
+
+def guarded_name(provider: Any) -> str:
+    """The name limits and circuits are kept under: the provider's ``limit_name()`` when it
+    sends through a service chosen at run time (email: the ESP, "postmark"), else its name."""
+    named = getattr(provider, "limit_name", None)
+    return str(named()) if callable(named) else str(provider.name)
+
+
+class GuardedProvider:
+    """A channel's provider whose every ``send`` is gated."""
+
+    def __init__(self, inner: Provider) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.channel = inner.channel
+
+    def send(self, message: OutboundMessage) -> ProviderResult:
+        return guarded_call(
+            guarded_name(self.inner),
+            bulk=message.priority == "bulk",
+            call=lambda: self.inner.send(message),
+        )
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.inner, attribute)
+
+
+class GuardedSender:
+    """A push platform's sender whose every device send is gated (one call per device)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.platform = inner.platform
+        self.name = inner.name
+
+    def send_to_device(self, token: str, message: OutboundMessage) -> str:
+        return guarded_call(
+            guarded_name(self.inner),
+            bulk=message.priority == "bulk",
+            call=lambda: str(self.inner.send_to_device(token, message)),
+        )
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.inner, attribute)
+
+
+def guarded(provider: T) -> T:
+    """``provider`` gated, unless it declares ``guarded = False``: in-app calls no remote
+    service, and the push provider's calls are its senders', each gated by itself."""
+    if not getattr(provider, "guarded", True):
+        return provider
+    if hasattr(provider, "send_to_device"):
+        return cast(T, GuardedSender(provider))
+    return cast(T, GuardedProvider(cast(Provider, provider)))

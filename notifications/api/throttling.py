@@ -1,0 +1,112 @@
+"""Per-API-key rate limit, shared by every API process through Redis (the `limits` library).
+
+A key over its limit gets 429 with ``Retry-After`` (notifications.api.errors renders it). The
+limit is NOTIFY_API_RATE_LIMIT, or the key's own ``ApiKeyAccess.rate_limit``. Counting uses a
+sliding window counter: two Redis integers per key and one round trip per request, without the
+burst of twice the limit that fixed windows allow across a window boundary.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import time
+from typing import Any, cast
+
+from django.conf import settings
+from limits import RateLimitItem, parse_many
+from limits.errors import StorageError
+from limits.storage import Storage, storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+from rest_framework_api_key.models import APIKey
+
+logger = logging.getLogger(__name__)
+
+
+def storage_url() -> str:
+    configured = str(settings.NOTIFY_API_RATE_LIMIT_STORAGE_URL)
+    if configured:
+        return configured
+    broker = str(settings.CELERY_BROKER_URL)
+    if broker.partition("://")[0].lower() in {"redis", "rediss"}:
+        return broker
+    return "redis://127.0.0.1:6379/0"
+
+
+@functools.lru_cache(maxsize=8)
+def _limiter(url: str) -> SlidingWindowCounterRateLimiter:
+    timeout = float(settings.NOTIFY_API_RATE_LIMIT_TIMEOUT_SECONDS)
+    storage = storage_from_string(
+        url,
+        wrap_exceptions=True,
+        key_prefix="notify-api",
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+    )
+    return SlidingWindowCounterRateLimiter(cast(Storage, storage))
+
+
+@functools.lru_cache(maxsize=256)
+def parsed_limits(text: str) -> tuple[RateLimitItem, ...]:
+    return tuple(parse_many(text))
+
+
+class _FailOpen:
+    """When Redis is unreachable the API keeps accepting, unlimited, and stops asking Redis for
+    a few seconds: a rate limit is not worth refusing notifications or adding a connect
+    timeout to every request (the accept path already survives a broker outage)."""
+
+    pause_seconds = 5.0
+
+    def __init__(self) -> None:
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def active(self) -> bool:
+        return time.monotonic() < self._until
+
+    def reset(self) -> None:
+        self._until = 0.0
+
+    def trip(self, error: Exception) -> None:
+        with self._lock:
+            if self.active():
+                return
+            self._until = time.monotonic() + self.pause_seconds
+        logger.warning("API rate limit not enforced for %ss: %s", self.pause_seconds, error)
+
+
+fail_open = _FailOpen()
+
+
+class ApiKeyRateThrottle(BaseThrottle):
+    def __init__(self) -> None:
+        self._wait: float | None = None
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        api_key = request.auth
+        if not isinstance(api_key, APIKey) or fail_open.active():
+            return True
+        access = getattr(api_key, "access", None)
+        text = (access.rate_limit if access is not None else "") or str(
+            settings.NOTIFY_API_RATE_LIMIT
+        )
+        if not text:  # "" disables the limit
+            return True
+        limiter = _limiter(storage_url())
+        try:
+            for item in parsed_limits(text):
+                if not limiter.hit(item, api_key.prefix):
+                    reset_at = limiter.get_window_stats(item, api_key.prefix).reset_time
+                    self._wait = max(1.0, math.ceil(reset_at - time.time()))
+                    return False
+        except StorageError as exc:
+            fail_open.trip(exc)
+        return True
+
+    def wait(self) -> float | None:
+        return self._wait

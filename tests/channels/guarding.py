@@ -1,0 +1,89 @@
+"""What the rate-limit, circuit-breaker and shutdown tests share: a clean slate of guard state
+in Redis, an in-process Twilio fake the test process and worker processes both reach, and SMS
+deliveries to it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from devtools.fakes.twilio import FakeTwilioServer
+from notifications.models import Delivery
+from preferences.models import Priority
+from tests.factories import DeliveryFactory, RecipientFactory
+
+SENDER = "+15005550006"
+SLOW_NUMBER = "+15550100999"  # the fake answers it after its slow_seconds
+
+
+def clear_guard_state() -> None:
+    """Forget every rate-limit window and circuit (they live in the tests' own Redis db)."""
+    client = redis.Redis.from_url(settings.NOTIFY_GUARD_REDIS_URL)
+    keys = [*client.scan_iter("notify:ratelimit*"), *client.scan_iter("notify:circuit*")]
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def guard_state() -> Iterator[None]:
+    clear_guard_state()
+    yield
+    clear_guard_state()
+
+
+@pytest.fixture(scope="module")
+def twilio_server() -> Iterator[FakeTwilioServer]:
+    server = FakeTwilioServer(slow_seconds=3.0).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def twilio(settings: Any, twilio_server: FakeTwilioServer) -> FakeTwilioServer:
+    """SMS through the in-process fake, which starts each test healthy and with no history."""
+    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "sms": "channels.sms.SMSProvider"}
+    settings.TWILIO_ACCOUNT_SID = twilio_server.account_sid
+    settings.TWILIO_AUTH_TOKEN = twilio_server.auth_token
+    settings.TWILIO_FROM_NUMBER = SENDER
+    settings.TWILIO_MESSAGING_SERVICE_SID = ""
+    settings.TWILIO_STATUS_CALLBACK_URL = ""
+    settings.TWILIO_API_BASE = twilio_server.url
+    twilio_server.fail_rate = 0.0
+    twilio_server.reset()
+    return twilio_server
+
+
+def twilio_worker_env(server: FakeTwilioServer, **overrides: str) -> dict[str, str]:
+    """A worker's environment for SMS through ``server``."""
+    return {
+        "NOTIFY_PROVIDER_SMS": "channels.sms.SMSProvider",
+        "TWILIO_ACCOUNT_SID": server.account_sid,
+        "TWILIO_AUTH_TOKEN": server.auth_token,
+        "TWILIO_FROM_NUMBER": SENDER,
+        "TWILIO_API_BASE": server.url,
+        "LOG_LEVEL": "WARNING",
+        **overrides,
+    }
+
+
+def queued_sms(event: Any, number: str, *, priority: str = Priority.TRANSACTIONAL) -> Delivery:
+    return DeliveryFactory(
+        notification__recipient=RecipientFactory(phone=number),
+        notification__event=event,
+        notification__priority=priority,
+        channel="sms",
+        content={"subject": "Order 7 shipped", "body": "Your order 7 is on its way."},
+    )
+
+
+def numbers(count: int, start: int = 0) -> list[str]:
+    """Distinct fictional numbers the fake simply accepts (+1555011xxxx)."""
+    return [f"+1555011{n:04d}" for n in range(start, start + count)]
+
+
+def received(server: FakeTwilioServer, number: str) -> int:
+    return len(server.messages_to(number))
