@@ -10,9 +10,10 @@ from collections import Counter
 from typing import Any
 
 from celery import Task, current_app, shared_task
+from celery.signals import task_postrun
 from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connections
 
 from channels.base import ProviderPaused, TransientDeliveryError
 from notifications import services
@@ -20,6 +21,23 @@ from notifications.services import batches, fanout
 from notifications.services.enqueue import queue_for
 
 logger = logging.getLogger(__name__)
+
+
+@task_postrun.connect
+def _drop_broken_database_connections(**_: Any) -> None:
+    """Close a connection that failed during the task, so the next task opens a new one.
+
+    CELERY_DB_REUSE_MAX keeps connections across tasks, and Celery only recycles them every
+    so many tasks, never because they broke: after a PostgreSQL restart every task of a worker
+    process failed with "connection already closed" for minutes (the chaos suite,
+    bench/chaos.py). Only a connection that raised is checked, so healthy ones cost nothing.
+    """
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is not None and connection.errors_occurred:
+            if connection.is_usable():
+                connection.errors_occurred = False
+            else:
+                connection.close()
 
 
 # The routing key of a message RabbitMQ's native delayed delivery held (a countdown on quorum
@@ -69,6 +87,15 @@ class DeliveryTask(Task):  # type: ignore[misc]
         delivery_id = kwargs.get("delivery_id") if kwargs else None
         if delivery_id is None and args:
             delivery_id = args[0]
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            # The database was away for longer than this task's retries, which says nothing
+            # about the delivery: it keeps its lease, and the sweep re-enqueues it once that
+            # runs out, with its provider retry budget intact (the chaos suite's PostgreSQL
+            # restart dead-lettered deliveries before this).
+            logger.warning(
+                "delivery %s: database unavailable (%s); left to the sweep", delivery_id, exc
+            )
+            return
         if delivery_id is not None:
             # Devices a push fan-out reached before the failure are kept, so a replay
             # does not send to them again.

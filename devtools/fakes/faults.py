@@ -2,7 +2,7 @@
 
 Each fake (apns, fcm, twilio, postmark) holds one ``Faults`` and serves ``/_fake/fault``:
 ``POST`` ``{"mode": "outage" | "throttle" | "hang" | "none", "retryAfter": 2}`` switches it,
-``GET`` (and the POST's answer) shows the mode and how many requests each mode answered.
+``GET`` (and the POST's answer) shows the mode and how many sends met each mode.
 
 - ``outage``: every send gets 503 (the provider's own error shape);
 - ``throttle``: every send gets 429 with ``Retry-After: retryAfter``;
@@ -86,6 +86,7 @@ class Faults:
         """The fault's answer to one send (after holding it, for a hang), or None."""
         with self._changed:
             mode = self._mode
+            self._count(mode)
             if mode == "hang":
                 deadline = time.monotonic() + self.hang_limit
                 while self._mode == "hang" and time.monotonic() < deadline:
@@ -96,6 +97,7 @@ class Faults:
         """``intercept()`` for an asyncio server: a hang must not block its event loop."""
         with self._changed:
             mode = self._mode
+            self._count(mode)
         if mode == "hang":
             deadline = time.monotonic() + self.hang_limit
             while self.state()["mode"] == "hang" and time.monotonic() < deadline:
@@ -103,10 +105,14 @@ class Faults:
         with self._changed:
             return self._verdict(mode)
 
+    def _count(self, mode: str) -> None:
+        # On arrival: a send held by a hang counts while it is held.
+        if mode != "none":
+            self._answered[mode] += 1
+
     def _verdict(self, mode: str) -> Verdict | None:
         if mode == "none":
             return None
-        self._answered[mode] += 1
         if mode == "throttle":
             return Verdict(mode, 429, {"Retry-After": str(self._retry_after)})
         return Verdict(mode, 503)

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.db import OperationalError
 from django.utils import timezone
 
 from channels.base import (
@@ -19,7 +20,7 @@ from notifications.models import (
     InboxMessage,
 )
 from notifications.services import Outcome
-from notifications.tasks import deliver_push
+from notifications.tasks import deliver_email, deliver_push
 from preferences.models import Device, Suppression
 from tests.factories import DeliveryFactory, DeviceFactory, PreferenceFactory, RecipientFactory
 
@@ -304,3 +305,20 @@ def test_a_configuration_error_mid_fan_out_keeps_the_devices_already_reached(
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.FAILED
     assert delivery.results == {"t-ok": {"status": "sent", "messageId": "apns-id-t-ok"}}
+
+
+def test_a_database_outage_outlasting_the_retries_leaves_the_delivery_to_the_sweep(
+    order_shipped,
+):
+    delivery = DeliveryFactory(notification__event=order_shipped, channel="email")
+
+    deliver_email.on_failure(
+        OperationalError("server closed the connection unexpectedly"), "t-1", (delivery.pk,), {}, ""
+    )
+
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.QUEUED  # the sweep takes it back after its lease
+    assert not FailedDelivery.objects.exists()
+    # Anything else that exhausts a task is still dead-lettered.
+    deliver_email.on_failure(RuntimeError("a bug"), "t-2", (delivery.pk,), {}, "")
+    assert FailedDelivery.objects.get().delivery_id == delivery.pk
