@@ -203,6 +203,7 @@ def _rebase(url: str, api_base: str) -> str:
 @functools.cache
 def _client(account_sid: str, auth_token: str, timeout: float, api_base: str) -> Any:
     """The worker process's one Twilio client; keyed by settings so tests can change them."""
+    from requests.adapters import HTTPAdapter
     from twilio.http.http_client import TwilioHttpClient
     from twilio.rest import Client
 
@@ -216,6 +217,12 @@ def _client(account_sid: str, auth_token: str, timeout: float, api_base: str) ->
         def __init__(self) -> None:
             super().__init__(timeout=timeout)
             self._last = threading.local()
+            # The SDK keeps min(32, cores + 4) connections for https and requests' 10 for
+            # http; a batch's threads in every worker thread share this client, and past the
+            # pool's size each send opened and dropped a connection of its own.
+            adapter = HTTPAdapter(pool_maxsize=settings.NOTIFY_PROVIDER_HTTP_POOL_SIZE)
+            self.session.mount("https://", adapter)
+            self.session.mount("http://", adapter)
 
         def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
             if api_base:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -343,3 +345,19 @@ def test_worker_sends_retries_and_the_signed_status_callback_marks_delivered(
         ("sent", 200),
         ("delivered", 200),
     ]
+
+
+def test_concurrent_sends_share_kept_connections_without_churn(twilio, order_shipped, caplog):
+    """A batch's threads in every worker thread share the process's Twilio client; with the
+    SDK's pool (10 for http, cores + 4 for https) each send past it opened and dropped a
+    connection (urllib3 says "Connection pool is full, discarding connection")."""
+    provider = SMSProvider()
+    deliveries = [_queued(f"+1415555{i:04d}", order_shipped) for i in range(40)]
+    ready = [services.deliveries.delivery_prepare(d) for d in deliveries]
+
+    with caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"):
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            results = list(pool.map(lambda item: provider.send(item.message), ready))
+
+    assert len({result.message_id for result in results}) == 40
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
