@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devtools.fakes.faults import CONTROL_PATH, FaultRequestError, Faults
+from devtools.fakes.httpserver import FakeHTTPServer
 from devtools.fakes.stats import STATS_PATH, RequestRate
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -153,7 +154,7 @@ class FakeFCM:
         self.faults = Faults()  # switched at runtime: POST /_fake/fault (devtools/fakes/faults.py)
         self.stats = RequestRate()  # GET /_fake/stats: sends received (not tokens), busiest second
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        self._server = FakeHTTPServer(("127.0.0.1", port), _Handler)
         self._server.fake = self  # type: ignore[attr-defined]
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._serve, daemon=True)

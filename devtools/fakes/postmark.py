@@ -37,11 +37,12 @@ import urllib.request
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from devtools.fakes.faults import CONTROL_PATH, FaultRequestError, Faults
+from devtools.fakes.httpserver import FakeHTTPServer
 from devtools.fakes.stats import STATS_PATH, RequestRate
 
 DEFAULT_TOKEN = "fake-postmark-server-token"
@@ -98,7 +99,7 @@ class FakePostmark:
         self.faults = Faults()  # switched at runtime: POST /_fake/fault (devtools/fakes/faults.py)
         self.stats = RequestRate()  # GET /_fake/stats: API calls received, busiest second
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+        self._httpd = FakeHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
         self._thread: threading.Thread | None = None

@@ -43,13 +43,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from twilio.request_validator import RequestValidator
 
 from devtools.fakes.faults import CONTROL_PATH, FaultRequestError, Faults
+from devtools.fakes.httpserver import FakeHTTPServer
 from devtools.fakes.stats import STATS_PATH, RequestRate
 
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
@@ -100,7 +101,7 @@ class FakeTwilioServer:
         self.faults = Faults()  # switched at runtime: POST /_fake/fault (devtools/fakes/faults.py)
         self.stats = RequestRate()  # GET /_fake/stats: API calls received, busiest second
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+        self._httpd = FakeHTTPServer(("127.0.0.1", port), _handler_for(self))
         self.port = int(self._httpd.server_address[1])
         self._thread: threading.Thread | None = None
 
