@@ -186,7 +186,7 @@ NOTIFY_SWEEP_BATCH = env.int("NOTIFY_SWEEP_BATCH", default=1000)
 NOTIFY_CATALOG_CACHE_SECONDS = env.float("NOTIFY_CATALOG_CACHE_SECONDS", default=5.0)
 NOTIFY_PROVIDER_TIMEOUT_SECONDS = env.float("NOTIFY_PROVIDER_TIMEOUT_SECONDS", default=10.0)
 # Keep-alive connections an HTTP provider client (Twilio's) keeps per worker process: at least
-# the sends a process has in flight (worker threads × NOTIFY_DELIVERY_BATCH_THREADS).
+# the sends a process has in flight (worker threads times NOTIFY_DELIVERY_BATCH_THREADS).
 NOTIFY_PROVIDER_HTTP_POOL_SIZE = env.int("NOTIFY_PROVIDER_HTTP_POOL_SIZE", default=64)
 
 # --- Broadcasts: fan-out and batch delivery (docs/broadcasts.md) -----------------------------
