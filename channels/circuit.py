@@ -25,6 +25,8 @@ from enum import StrEnum
 import redis
 from django.conf import settings
 
+from channels import guard_redis
+
 logger = logging.getLogger(__name__)
 
 _PREFIX = "notify:circuit"
@@ -82,12 +84,17 @@ class Admission:
 
 
 def enabled() -> bool:
-    return bool(settings.NOTIFY_CIRCUIT_BREAKER)
+    """On, and its Redis reachable (else calls go through: channels/guard_redis.py)."""
+    return bool(settings.NOTIFY_CIRCUIT_BREAKER) and guard_redis.available()
 
 
 @functools.cache
 def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=guard_redis.SOCKET_TIMEOUT,
+        socket_connect_timeout=guard_redis.SOCKET_TIMEOUT,
+    )
 
 
 def _redis() -> redis.Redis:
@@ -128,8 +135,8 @@ def admit(provider: str) -> Admission:
             return Admission(provider, probe=True)
         probe_ms = int(client.pttl(probe_key))
         raise CircuitOpen(provider, max(1.0, probe_ms / 1000))
-    except redis.RedisError:
-        logger.warning("circuit state of %s unavailable; calling it", provider, exc_info=True)
+    except redis.RedisError as exc:
+        guard_redis.mark_unavailable(exc)
         return Admission(provider)
 
 
@@ -145,8 +152,8 @@ def record_success(admission: Admission) -> None:
             logger.warning("circuit of %s closed: the probe succeeded", admission.provider)
         elif admission.failing:
             _redis().delete(failures_key)
-    except redis.RedisError:
-        logger.warning("circuit state of %s unavailable", admission.provider, exc_info=True)
+    except redis.RedisError as exc:
+        guard_redis.mark_unavailable(exc)
 
 
 def record_failure(admission: Admission, *, retry_after: float | None = None) -> None:
@@ -181,8 +188,8 @@ def record_failure(admission: Admission, *, retry_after: float | None = None) ->
         )
         if opened:
             logger.warning("circuit of %s opened after repeated failures", admission.provider)
-    except redis.RedisError:
-        logger.warning("circuit state of %s unavailable", admission.provider, exc_info=True)
+    except redis.RedisError as exc:
+        guard_redis.mark_unavailable(exc)
 
 
 def release(admission: Admission) -> None:
@@ -191,8 +198,8 @@ def release(admission: Admission) -> None:
         return
     try:
         _redis().delete(_keys(admission.provider)[3])
-    except redis.RedisError:
-        logger.warning("circuit state of %s unavailable", admission.provider, exc_info=True)
+    except redis.RedisError as exc:
+        guard_redis.mark_unavailable(exc)
 
 
 def state(provider: str) -> State:

@@ -29,6 +29,8 @@ from limits.errors import StorageError
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
+from channels import guard_redis
+
 logger = logging.getLogger(__name__)
 
 _KEY_PREFIX = "notify:ratelimit"
@@ -68,7 +70,13 @@ def _parsed(text: str, bulk_share: float) -> ProviderLimits:
 
 @functools.cache
 def _limiter(url: str) -> MovingWindowRateLimiter:
-    storage = RedisStorage(url, wrap_exceptions=True, key_prefix=_KEY_PREFIX)
+    storage = RedisStorage(
+        url,
+        wrap_exceptions=True,
+        key_prefix=_KEY_PREFIX,
+        socket_timeout=guard_redis.SOCKET_TIMEOUT,
+        socket_connect_timeout=guard_redis.SOCKET_TIMEOUT,
+    )
     return MovingWindowRateLimiter(storage)
 
 
@@ -76,7 +84,7 @@ def acquire(provider: str, *, bulk: bool, max_wait: float | None = None) -> floa
     """Take one call's entry in the provider's windows, waiting for room; returns the seconds
     waited. Raises RateLimitWaitExceeded when there was no room within ``max_wait``."""
     limits = limits_for(provider)
-    if limits is None:
+    if limits is None or not guard_redis.available():
         return 0.0
     allowed = float(settings.NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS) if max_wait is None else max_wait
     started = time.monotonic()
@@ -91,8 +99,8 @@ def acquire(provider: str, *, bulk: bool, max_wait: float | None = None) -> floa
                 if time.monotonic() >= deadline:
                     raise RateLimitWaitExceeded(provider, _retry_after(item))
                 time.sleep(min(_pause(item), max(0.0, deadline - time.monotonic())))
-    except StorageError:
-        logger.warning("rate limiter unavailable; %s called without a limit", provider)
+    except StorageError as exc:
+        guard_redis.mark_unavailable(exc)
     return time.monotonic() - started
 
 

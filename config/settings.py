@@ -362,6 +362,9 @@ NOTIFY_GUARD_REDIS_URL = env.str(
     if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
     else "redis://127.0.0.1:6379/0",
 )
+# After that Redis fails once, providers are called without limits or circuits for this long
+# before it is asked again (channels/guard_redis.py), instead of every send waiting on it.
+NOTIFY_GUARD_REDIS_RETRY_SECONDS = env.float("NOTIFY_GUARD_REDIS_RETRY_SECONDS", default=5.0)
 
 # --- The broker: Redis or RabbitMQ (docs/scaling.md) -----------------------------------------
 # CELERY_BROKER_URL picks it: redis://… or amqp://user:password@host:5672/vhost. Each transport

@@ -13,6 +13,8 @@ os.environ.setdefault("NOTIFY_CATALOG_CACHE_SECONDS", "0")
 # test turns them on (tests/channels/test_rate_limits.py, test_circuit_breaker.py).
 os.environ.setdefault("NOTIFY_RATE_LIMITS", "")
 os.environ.setdefault("NOTIFY_CIRCUIT_BREAKER", "false")
+# Tests that point the guard at a dead Redis must not switch it off for the tests after them.
+os.environ.setdefault("NOTIFY_GUARD_REDIS_RETRY_SECONDS", "0")
 
 from config.settings import *  # noqa: F403
 from config.settings import ALLOWED_HOSTS

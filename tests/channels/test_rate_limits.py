@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from channels import ratelimit
+from channels import circuit, guard_redis, ratelimit
 from channels.base import ProviderPaused
 from devtools.fakes.twilio import FakeTwilioServer
 from notifications import services
@@ -150,3 +150,28 @@ def test_two_worker_processes_share_the_limit(
     assert stats["maxPerSecond"] <= limit + 2 * WORKER_CHILDREN, stats
     assert all(received(twilio, d.notification.recipient.phone) == 1 for d in deliveries)
     assert set(Delivery.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_after_the_guard_redis_fails_it_is_not_asked_again_for_a_while(limited):
+    """Asking a dead Redis on every call would add its timeout to every send, long enough for
+    a send to outlive its lease (the chaos suite's Redis restart caused a duplicate)."""
+    redis_url = limited.NOTIFY_GUARD_REDIS_URL
+    limited.NOTIFY_GUARD_REDIS_RETRY_SECONDS = 60
+    limited.NOTIFY_CIRCUIT_BREAKER = True
+    limited.NOTIFY_GUARD_REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
+    try:
+        assert guard_redis.available()
+        for _ in range(5):
+            ratelimit.acquire("tiny", bulk=False, max_wait=0)
+        assert not guard_redis.available()
+        assert not circuit.enabled()  # the breaker skips it too, and calls go through
+
+        # Back: once the pause is over, limits apply again.
+        limited.NOTIFY_GUARD_REDIS_URL = redis_url
+        guard_redis.reset()
+        for _ in range(3):
+            ratelimit.acquire("tiny", bulk=False, max_wait=0)
+        with pytest.raises(ratelimit.RateLimitWaitExceeded):
+            ratelimit.acquire("tiny", bulk=False, max_wait=0)
+    finally:
+        guard_redis.reset()
