@@ -8,6 +8,7 @@ into one result, so a retry only re-sends to the devices that have not been reac
 from __future__ import annotations
 
 import functools
+import time
 from typing import ClassVar, Protocol
 
 from django.conf import settings
@@ -60,6 +61,15 @@ def configured_platforms() -> set[str]:
     return {platform for platform in settings.NOTIFY_PUSH_SENDERS if sender_path(platform)}
 
 
+def _send_budget() -> float:
+    """Seconds a push attempt may spend before starting another device's call: one call takes
+    up to the provider timeout plus the rate-limit wait, and all must end within the lease."""
+    per_call = (
+        settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS + settings.NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS
+    )
+    return float(settings.NOTIFY_LEASE_SECONDS) - per_call - 1.0
+
+
 class PushProvider:
     name: ClassVar[str] = "push"
     channel: ClassVar[str] = "push"
@@ -71,9 +81,21 @@ class PushProvider:
         first_paused: ProviderPaused | None = None
         first_permanent: PermanentDeliveryError | None = None
         used: list[str] = []
+        started = time.monotonic()
         for platform, token in message.destination.device_tokens:
             sender = sender_for(platform)
             if sender is None:  # filtered out before sending; kept as a guard
+                continue
+            if used and time.monotonic() - started > _send_budget():
+                # One more call could outlast the claim's lease, and the sweep would hand the
+                # delivery to a second worker that sends to these devices again. The devices
+                # reached are kept; the others wait for the next attempt (not counted).
+                first_paused = first_paused or ProviderPaused(
+                    "the attempt's time budget is spent; the other devices are next",
+                    reason="time_budget",
+                    retry_after=1.0,
+                    provider=self.name,
+                )
                 continue
             if sender.name not in used:
                 used.append(sender.name)
