@@ -42,16 +42,21 @@ def twilio_server() -> Iterator[FakeTwilioServer]:
     server.stop()
 
 
+def point_sms_at(settings_: Any, server: FakeTwilioServer) -> None:
+    """SMS through ``server`` (the in-process Twilio fake), from our sender number."""
+    settings_.NOTIFY_PROVIDERS = {**settings_.NOTIFY_PROVIDERS, "sms": "channels.sms.SMSProvider"}
+    settings_.TWILIO_ACCOUNT_SID = server.account_sid
+    settings_.TWILIO_AUTH_TOKEN = server.auth_token
+    settings_.TWILIO_FROM_NUMBER = SENDER
+    settings_.TWILIO_MESSAGING_SERVICE_SID = ""
+    settings_.TWILIO_STATUS_CALLBACK_URL = ""
+    settings_.TWILIO_API_BASE = server.url
+
+
 @pytest.fixture
 def twilio(settings: Any, twilio_server: FakeTwilioServer) -> FakeTwilioServer:
     """SMS through the in-process fake, which starts each test healthy and with no history."""
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "sms": "channels.sms.SMSProvider"}
-    settings.TWILIO_ACCOUNT_SID = twilio_server.account_sid
-    settings.TWILIO_AUTH_TOKEN = twilio_server.auth_token
-    settings.TWILIO_FROM_NUMBER = SENDER
-    settings.TWILIO_MESSAGING_SERVICE_SID = ""
-    settings.TWILIO_STATUS_CALLBACK_URL = ""
-    settings.TWILIO_API_BASE = twilio_server.url
+    point_sms_at(settings, twilio_server)
     twilio_server.fail_rate = 0.0
     twilio_server.reset()
     return twilio_server

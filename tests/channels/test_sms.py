@@ -22,10 +22,10 @@ from notifications.models import Delivery, DeliveryStatus, FailedDelivery
 from notifications.services import Outcome
 from notifications.tasks import deliver_sms
 from preferences.models import Suppression
+from tests.channels.guarding import SENDER, point_sms_at
 from tests.factories import DeliveryFactory, RecipientFactory
 from tests.workers import WorkerProcess, running_worker, settled_delivery, wait_for
 
-SENDER = "+15005550006"
 OK_NUMBER = "+15550100001"
 
 pytestmark = pytest.mark.django_db
@@ -40,13 +40,7 @@ def twilio_server() -> Iterator[FakeTwilioServer]:
 
 @pytest.fixture
 def twilio(settings, twilio_server: FakeTwilioServer) -> FakeTwilioServer:
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "sms": "channels.sms.SMSProvider"}
-    settings.TWILIO_ACCOUNT_SID = twilio_server.account_sid
-    settings.TWILIO_AUTH_TOKEN = twilio_server.auth_token
-    settings.TWILIO_FROM_NUMBER = SENDER
-    settings.TWILIO_MESSAGING_SERVICE_SID = ""
-    settings.TWILIO_STATUS_CALLBACK_URL = ""
-    settings.TWILIO_API_BASE = twilio_server.url
+    point_sms_at(settings, twilio_server)
     twilio_server.reset()
     return twilio_server
 
