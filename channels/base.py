@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -158,6 +159,13 @@ class ProviderConfigurationError(Exception):
     """Provider settings are wrong; raised at start-up by system checks, never retried."""
 
 
+# What a batch call answers for each message it carried (a configuration error found in one
+# message's answer is that message's, raised when it is recorded).
+BatchAnswer = (
+    ProviderResult | TransientDeliveryError | PermanentDeliveryError | ProviderConfigurationError
+)
+
+
 class Provider(Protocol):
     name: ClassVar[str]
     channel: ClassVar[str]
@@ -167,4 +175,21 @@ class Provider(Protocol):
     @classmethod
     def check_configuration(cls) -> list[str]:
         """Human-readable problems with this provider's settings; empty when usable."""
+        ...
+
+
+class BatchingProvider(Provider, Protocol):
+    """A provider that can carry several messages in one call (an ESP's batch API).
+
+    Optional: the batch delivery path uses it when a provider has it, one call per group.
+    """
+
+    def batch_groups(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
+        """Indexes of ``messages`` grouped so that each group can go in one ``send_many``
+        call; a message that cannot share a call is a group of its own."""
+        ...
+
+    def send_many(self, messages: Sequence[OutboundMessage]) -> list[BatchAnswer]:
+        """One call for one group; an answer per message, in order. An error of the whole
+        call (the ESP down, a 429) is raised, and counts for every message of the group."""
         ...

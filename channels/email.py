@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import smtplib
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from email.utils import make_msgid
 from typing import Any, ClassVar, NoReturn
 
@@ -16,7 +16,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMultiAlternatives, get_connection
 
+from channels import email_batch
 from channels.base import (
+    BatchAnswer,
     OutboundMessage,
     PermanentDeliveryError,
     ProviderConfigurationError,
@@ -95,6 +97,19 @@ class EmailProvider:
             provider=provider, message_id=str(esp_id) if esp_id else msgid.strip("<>")
         )
 
+    def batch_groups(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
+        """Same content to distinct addresses shares one ESP call (channels/email_batch.py)."""
+        return email_batch.batch_groups(messages, provider=self.limit_name())
+
+    def send_many(self, messages: Sequence[OutboundMessage]) -> list[BatchAnswer]:
+        key = _connection_settings()
+        return email_batch.send_many(
+            messages,
+            provider=_provider_name(key),
+            send=lambda email: _send_on_kept_connection(email, key),
+            raise_for_esp_error=_raise_for_esp_error,
+        )
+
     @classmethod
     def check_configuration(cls) -> list[str]:
         problems = [] if settings.DEFAULT_FROM_EMAIL else ["DEFAULT_FROM_EMAIL is empty."]
@@ -112,6 +127,7 @@ class EmailProvider:
         for credential in ("server_token", "api_key"):
             if hasattr(backend, credential) and not getattr(backend, credential):
                 problems.append(f"{setting_prefix}_{credential.upper()} is empty.")
+        problems.extend(email_batch.check_batch_size(esp_provider_name(esp_name)))
         if not get_anymail_setting("webhook_secret", default=None):
             # Without it anymail accepts any POST: anyone could suppress any address.
             problems.append(

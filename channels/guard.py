@@ -9,11 +9,12 @@ has the states and settings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from channels import circuit, ratelimit
 from channels.base import (
+    BatchAnswer,
     OutboundMessage,
     PermanentDeliveryError,
     Provider,
@@ -25,8 +26,9 @@ from channels.base import (
 T = TypeVar("T")
 
 
-def guarded_call(provider: str, *, bulk: bool, call: Callable[[], T]) -> T:
-    """``call()`` (one request to ``provider``) if its circuit and rate limit allow it now."""
+def guarded_call(provider: str, *, bulk: bool, call: Callable[[], T], cost: int = 1) -> T:
+    """``call()`` (one request to ``provider``, carrying ``cost`` messages) if its circuit and
+    rate limit allow it now."""
     try:
         admission = circuit.admit(provider)
     except circuit.CircuitOpen as exc:
@@ -34,7 +36,7 @@ def guarded_call(provider: str, *, bulk: bool, call: Callable[[], T]) -> T:
             str(exc), reason="circuit_open", retry_after=exc.retry_after, provider=provider
         ) from None
     try:
-        ratelimit.acquire(provider, bulk=bulk)
+        ratelimit.acquire(provider, bulk=bulk, cost=cost)
     except ratelimit.RateLimitWaitExceeded as exc:
         circuit.release(admission)
         raise ProviderPaused(
@@ -76,6 +78,29 @@ class GuardedProvider:
             guarded_name(self.inner),
             bulk=message.priority == "bulk",
             call=lambda: self.inner.send(message),
+        )
+
+    def batch_groups(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
+        """The provider's own groups (``BatchingProvider``), cut to what one call may carry
+        under the rate limit, since a call takes an entry per message it carries."""
+        inner_groups = getattr(self.inner, "batch_groups", None)
+        if inner_groups is None:
+            return [[index] for index in range(len(messages))]
+        groups: list[list[int]] = inner_groups(messages)
+        if not messages:
+            return groups
+        ceiling = ratelimit.max_cost(guarded_name(self.inner), bulk=messages[0].priority == "bulk")
+        if ceiling is None:
+            return groups
+        return [group[i : i + ceiling] for group in groups for i in range(0, len(group), ceiling)]
+
+    def send_many(self, messages: Sequence[OutboundMessage]) -> list[BatchAnswer]:
+        """One gated call for a group from ``batch_groups``: it takes an entry per message."""
+        return guarded_call(
+            guarded_name(self.inner),
+            bulk=messages[0].priority == "bulk",
+            call=lambda: self.inner.send_many(messages),  # type: ignore[attr-defined]
+            cost=len(messages),
         )
 
     def __getattr__(self, attribute: str) -> Any:

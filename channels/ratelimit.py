@@ -2,7 +2,8 @@
 
 A moving window: no stretch of one second (or whatever the limit's period is) holds more
 calls than the limit, wherever it starts, so a provider account limited to 30/s never sees 31
-in one second from us, whatever the number of workers. Each provider call takes one entry.
+in one second from us, whatever the number of workers. Each message a call carries takes one
+entry (an ESP batch call of 50 messages takes 50).
 
 Transactional traffic is served first: a bulk call must find room both in its own window,
 ``NOTIFY_RATE_LIMIT_BULK_SHARE`` of the limit (80 %), and in the shared one; a transactional
@@ -80,9 +81,10 @@ def _limiter(url: str) -> MovingWindowRateLimiter:
     return MovingWindowRateLimiter(storage)
 
 
-def acquire(provider: str, *, bulk: bool, max_wait: float | None = None) -> float:
-    """Take one call's entry in the provider's windows, waiting for room; returns the seconds
-    waited. Raises RateLimitWaitExceeded when there was no room within ``max_wait``."""
+def acquire(provider: str, *, bulk: bool, max_wait: float | None = None, cost: int = 1) -> float:
+    """Take one call's entries (``cost``: the messages it carries, for a batch call) in the
+    provider's windows, waiting for room; returns the seconds waited. Raises
+    RateLimitWaitExceeded when there was no room within ``max_wait``."""
     limits = limits_for(provider)
     if limits is None or not guard_redis.available():
         return 0.0
@@ -95,13 +97,23 @@ def acquire(provider: str, *, bulk: bool, max_wait: float | None = None) -> floa
         # One window at a time: an entry taken in the bulk window is kept while the shared
         # one is waited for, so a bulk call never spends more than its own entry.
         for item in windows:
-            while not limiter.hit(item, provider):
+            while not limiter.hit(item, provider, cost=cost):
                 if time.monotonic() >= deadline:
                     raise RateLimitWaitExceeded(provider, _retry_after(item))
                 time.sleep(min(_pause(item), max(0.0, deadline - time.monotonic())))
     except StorageError as exc:
         guard_redis.mark_unavailable(exc)
     return time.monotonic() - started
+
+
+def max_cost(provider: str, *, bulk: bool) -> int | None:
+    """The most messages one call may carry: a call costing more than a window holds would
+    never find room. None when the provider has no limit."""
+    limits = limits_for(provider)
+    if limits is None:
+        return None
+    windows = [*limits.bulk, *limits.shared] if bulk else list(limits.shared)
+    return min(item.amount for item in windows)
 
 
 def _pause(item: RateLimitItem) -> float:

@@ -215,6 +215,12 @@ NOTIFY_DELIVERY_BATCH_THREADS = {
     "sms": env.int("NOTIFY_DELIVERY_BATCH_THREADS_SMS", default=8),
     "inapp": 1,
 }
+# Email deliveries of a batch with the same content go to the ESP in one batch call of at most
+# this many messages (channels/email_batch.py; Postmark takes up to 500), for the ESPs listed:
+# only those known to split a multi-recipient message per address. A worker killed between
+# the ESP's acceptance and our commit sends this many again (the crash window). 1 turns it off.
+NOTIFY_EMAIL_BATCH_SIZE = env.int("NOTIFY_EMAIL_BATCH_SIZE", default=50)
+NOTIFY_EMAIL_BATCH_ESPS = env.list("NOTIFY_EMAIL_BATCH_ESPS", default=["postmark"])
 
 # --- Retention of the notification log (docs/sizing.md) ----------------------------------------
 # Notifications older than this, with their deliveries and dead letters, are deleted by a beat

@@ -6,8 +6,11 @@ control channel:
 
 - ``inactive…@…``: 422 ErrorCode 406, the address is marked inactive (hard bounce/complaint)
 - ``invalid…@…``: 422 ErrorCode 300, "Invalid 'To' address"
+- ``forbidden…@…``: 422 ErrorCode 411, this message is refused (a forbidden attachment)
 - ``ratelimited…@…``: 429 with ``Retry-After: 1``, every time
 - ``flaky-N-…@…``: 500 then 503 (alternating) for the first N attempts at that address
+(in a ``/email/batch``, a 5xx or 429 fails the whole call, as Postmark's do; the 406 and 300
+refusals are per message, in a 200 answer)
 - ``slow-MS-…@…``: answers after MS milliseconds (client timeouts)
 - ``bounce…@…``: accepted, then (with ``--webhook-url``) a HardBounce webhook instead of Delivery
 - a ``From`` address starting with ``unsigned``: 422 ErrorCode 400, no sender signature
@@ -61,6 +64,7 @@ INACTIVE = (
     "spam complaint, or a manual suppression."
 )
 INVALID_TO = "Invalid 'To' address: '{address}'."
+FORBIDDEN = "Forbidden attachment type: the message contains an attachment Postmark refuses."
 NO_SIGNATURE = (
     "The 'From' address you supplied ({address}) is not a Sender Signature on your account. "
     "Please add and confirm this address in order to be able to use it in the 'From' field of "
@@ -139,38 +143,69 @@ class FakePostmark:
         except ValueError:
             return 422, {"ErrorCode": 402, "Message": INVALID_JSON}, {}
         if path == "/email/batch" and isinstance(data, list):
-            # A batch is always 200; each message carries its own ErrorCode.
-            return 200, [self._one(message)[1] for message in data], {}
+            return self._batch(data)
         if path == "/email" and isinstance(data, dict):
-            return self._one(data)
+            status, answer, extra, webhook = self._one(data, roll_failure=True)
+            self._schedule(webhook)
+            return status, answer, extra
         return 404, {"ErrorCode": 0, "Message": f"No endpoint {path}."}, {}
 
-    def _one(self, message: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def _batch(self, messages: list[Any]) -> tuple[int, Any, dict[str, str]]:
+        """Postmark answers a batch 200 with an answer per message, which may refuse that
+        message (ErrorCode 300, 406...); trouble with the service itself (a 5xx, a 429)
+        fails the whole call, and nothing of it is sent."""
+        if self.fail_rate and random.random() < self.fail_rate:
+            return 503, {"ErrorCode": 100, "Message": MAINTENANCE}, {}
+        answers = [
+            self._one(message if isinstance(message, dict) else {}, roll_failure=False)
+            for message in messages
+        ]
+        for status, answer, extra, _ in answers:
+            if status == 429 or status >= 500:
+                return status, answer, extra
+        for _, _, _, webhook in answers:
+            self._schedule(webhook)
+        return 200, [answer for _, answer, _, _ in answers], {}
+
+    def _schedule(self, webhook: dict[str, Any] | None) -> None:
+        if webhook is not None:
+            timer = threading.Timer(self.webhook_delay, self._post_webhook, [webhook])
+            timer.daemon = True
+            timer.start()
+
+    def _one(
+        self, message: dict[str, Any], *, roll_failure: bool
+    ) -> tuple[int, dict[str, Any], dict[str, str], dict[str, Any] | None]:
+        """(status, answer, headers, the webhook to post if it is sent) for one message."""
         to = str(message.get("To", ""))
         addresses = _ADDR.findall(to)
         if not addresses:
-            return 422, {"ErrorCode": 300, "Message": "Zero recipients specified"}, {}
+            return 422, {"ErrorCode": 300, "Message": "Zero recipients specified"}, {}, None
         address = addresses[0]
         local = address.split("@")[0].lower()
         with self._lock:
             self.attempts[address.lower()] += 1
             attempt = self.attempts[address.lower()]
-        if self.fail_rate and random.random() < self.fail_rate:
-            return 503, {"ErrorCode": 100, "Message": MAINTENANCE}, {}
+        if roll_failure and self.fail_rate and random.random() < self.fail_rate:
+            return 503, {"ErrorCode": 100, "Message": MAINTENANCE}, {}, None
         sender = _ADDR.findall(str(message.get("From", "")))
         if sender and sender[0].lower().startswith("unsigned"):
-            return 422, {"ErrorCode": 400, "Message": NO_SIGNATURE.format(address=sender[0])}, {}
+            refusal = NO_SIGNATURE.format(address=sender[0])
+            return 422, {"ErrorCode": 400, "Message": refusal}, {}, None
         if local.startswith("inactive"):
-            return 422, {"ErrorCode": 406, "Message": INACTIVE.format(address=address.lower())}, {}
+            refusal = INACTIVE.format(address=address.lower())
+            return 422, {"ErrorCode": 406, "Message": refusal}, {}, None
         if local.startswith("invalid"):
-            return 422, {"ErrorCode": 300, "Message": INVALID_TO.format(address=address)}, {}
+            return 422, {"ErrorCode": 300, "Message": INVALID_TO.format(address=address)}, {}, None
+        if local.startswith("forbidden"):
+            return 422, {"ErrorCode": 411, "Message": FORBIDDEN}, {}, None
         if local.startswith("ratelimited"):
-            return 429, {"ErrorCode": 429, "Message": RATE_LIMITED}, {"Retry-After": "1"}
+            return 429, {"ErrorCode": 429, "Message": RATE_LIMITED}, {"Retry-After": "1"}, None
         flaky = _FLAKY.match(local)
         if flaky and attempt <= int(flaky[1]):
             if attempt % 2:
-                return 500, {"ErrorCode": 0, "Message": INTERNAL}, {}
-            return 503, {"ErrorCode": 100, "Message": MAINTENANCE}, {}
+                return 500, {"ErrorCode": 0, "Message": INTERNAL}, {}, None
+            return 503, {"ErrorCode": 100, "Message": MAINTENANCE}, {}, None
         slow = _SLOW.match(local)
         if slow:
             time.sleep(int(slow[1]) / 1000)
@@ -181,15 +216,13 @@ class FakePostmark:
             "ErrorCode": 0,
             "Message": "OK",
         }
+        event = None
         if self.webhook_url:
             event = _bounce(accepted, address) if local.startswith("bounce") else None
             event = event or _delivery(accepted, address)
             # Postmark echoes the message's Metadata in its webhooks.
             event["Metadata"] = message.get("Metadata") or {}
-            timer = threading.Timer(self.webhook_delay, self._post_webhook, [event])
-            timer.daemon = True
-            timer.start()
-        return 200, accepted, {}
+        return 200, accepted, {}, event
 
     def record(self, entry: dict[str, Any]) -> None:
         with self._lock:

@@ -17,13 +17,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
 
 from channels.base import (
+    BatchAnswer,
+    BatchingProvider,
     PermanentDeliveryError,
+    ProviderConfigurationError,
     ProviderPaused,
     ProviderResult,
     TransientDeliveryError,
@@ -90,14 +93,15 @@ def deliveries_send_batch(
         elif prepared is not None:
             result.outcomes[delivery.pk] = prepared
     sent: list[tuple[Delivery, ProviderResult]] = []
-    for item, answer in _call_providers(ready, threads):
+    for item, answer, call_done in _call_providers(ready, threads):
         _guarded(
             result,
             item.delivery.pk,
             task_name,
             partial(_record, item, answer, result, task_name, sent),
         )
-        if len(sent) >= settings.NOTIFY_DELIVERY_SENT_FLUSH:
+        # A call that carried many messages (an ESP batch) is recorded in one UPDATE.
+        if call_done and len(sent) >= settings.NOTIFY_DELIVERY_SENT_FLUSH:
             _flush_sent(sent)
     _flush_sent(sent)
     return result
@@ -186,38 +190,85 @@ def _guarded(
 
 def _call_providers(
     ready: list[ReadyToSend], threads: int
-) -> Iterator[tuple[ReadyToSend, Callable[[], _ProviderAnswer]]]:
-    """Each delivery with a callable giving its provider's answer, in batch order.
+) -> Iterator[tuple[ReadyToSend, Callable[[], _ProviderAnswer], bool]]:
+    """Each delivery with a callable giving its provider's answer, in call order, and whether
+    it is the last of its provider call.
 
-    The callable raises what the provider raised beyond delivery errors (a bug, a
-    configuration error), so that lands in that delivery's ``_guarded`` step.
+    A provider that carries several messages per call (``BatchingProvider``: an ESP's batch
+    API) gets one call per group it forms; every other delivery is a call of its own. The
+    callable raises what the provider raised beyond delivery errors (a bug, a configuration
+    error), so that lands in that delivery's ``_guarded`` step.
     """
-    if threads <= 1 or len(ready) <= 1:
-        for item in ready:
-            yield item, partial(_answer, item)
+    calls = _provider_calls(ready)
+    if threads <= 1 or len(calls) <= 1:
+        for call in calls:
+            yield from _answers(call, _send_call(call))
         return
     with ThreadPoolExecutor(
-        max_workers=min(threads, len(ready)), thread_name_prefix="batch-send"
+        max_workers=min(threads, len(calls)), thread_name_prefix="batch-send"
     ) as pool:
-        futures = [(item, pool.submit(_answer_in_thread, item)) for item in ready]
-        for item, future in futures:
-            yield item, future.result
+        futures = [(call, pool.submit(_send_call_in_thread, call)) for call in calls]
+        for call, future in futures:
+            yield from _answers(call, future.result())
 
 
-def _answer(item: ReadyToSend) -> _ProviderAnswer:
+def _provider_calls(ready: list[ReadyToSend]) -> list[list[ReadyToSend]]:
+    """The deliveries grouped by the provider call that carries them."""
+    if len(ready) <= 1:
+        return [[item] for item in ready]
+    by_provider: dict[int, list[ReadyToSend]] = {}
+    for item in ready:
+        by_provider.setdefault(id(item.provider), []).append(item)
+    calls: list[list[ReadyToSend]] = []
+    for items in by_provider.values():
+        grouping = getattr(items[0].provider, "batch_groups", None)
+        if grouping is None or len(items) == 1:
+            calls.extend([item] for item in items)
+            continue
+        groups: list[list[int]] = grouping([item.message for item in items])
+        calls.extend([items[index] for index in group] for group in groups)
+    return calls
+
+
+# A call's answers, one per delivery it carried, or what it raised beyond delivery errors.
+_CallOutcome = list[BatchAnswer] | Exception
+
+
+def _send_call(call: list[ReadyToSend]) -> _CallOutcome:
     try:
-        return item.provider.send(item.message)
+        if len(call) == 1:
+            return [call[0].provider.send(call[0].message)]
+        provider = cast(BatchingProvider, call[0].provider)
+        return provider.send_many([item.message for item in call])
     except (TransientDeliveryError, PermanentDeliveryError) as exc:
+        return [exc] * len(call)  # the whole call failed: every message's answer
+    except Exception as exc:
         return exc
 
 
-def _answer_in_thread(item: ReadyToSend) -> _ProviderAnswer:
+def _send_call_in_thread(call: list[ReadyToSend]) -> _CallOutcome:
     try:
-        return _answer(item)
+        return _send_call(call)
     finally:
         # A provider that writes rows (in-app) opened a connection in this thread; the pool
         # thread dies with the batch, so close it rather than leak it.
         connections.close_all()
+
+
+def _answers(
+    call: list[ReadyToSend], outcome: _CallOutcome
+) -> Iterator[tuple[ReadyToSend, Callable[[], _ProviderAnswer], bool]]:
+    for index, item in enumerate(call):
+        yield item, partial(_answer, outcome, index), index == len(call) - 1
+
+
+def _answer(outcome: _CallOutcome, index: int) -> _ProviderAnswer:
+    if isinstance(outcome, Exception):
+        raise outcome
+    answer = outcome[index]
+    if isinstance(answer, ProviderConfigurationError):
+        raise answer
+    return answer
 
 
 def _batch_lease(size: int, threads: int) -> float:

@@ -246,6 +246,18 @@ def test_system_check_refuses_an_empty_token_and_an_open_webhook(settings):
     assert any("ANYMAIL_WEBHOOK_SECRET" in m for m in messages)
 
 
+def test_system_check_refuses_a_batch_size_postmark_would_refuse(settings):
+    settings.EMAIL_BACKEND = POSTMARK_BACKEND
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "t", "WEBHOOK_SECRET": WEBHOOK_SECRET}
+    settings.NOTIFY_EMAIL_BATCH_SIZE = 501
+
+    (error,) = _email_errors()
+
+    assert "NOTIFY_EMAIL_BATCH_SIZE=501" in error.msg
+    settings.NOTIFY_EMAIL_BATCH_SIZE = 500
+    assert _email_errors() == []
+
+
 def test_system_check_passes_for_a_configured_postmark_and_for_smtp(settings):
     settings.EMAIL_BACKEND = POSTMARK_BACKEND
     settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "t", "WEBHOOK_SECRET": WEBHOOK_SECRET}
