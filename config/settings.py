@@ -200,6 +200,20 @@ NOTIFY_FANOUT_LEASE_SECONDS = env.int("NOTIFY_FANOUT_LEASE_SECONDS", default=360
 NOTIFY_FANOUT_RESUME_SECONDS = env.int("NOTIFY_FANOUT_RESUME_SECONDS", default=300)
 # Body limit of the bulk endpoints (10,000 userIds per broadcast, 1,000 per topic change).
 NOTIFY_FANOUT_MAX_BODY_BYTES = env.int("NOTIFY_FANOUT_MAX_BODY_BYTES", default=1024 * 1024)
+# Cancelling skips this many queued deliveries in the request; a maintenance task skips the
+# rest of a larger broadcast, this many per transaction, handing over after the time budget.
+NOTIFY_BROADCAST_CANCEL_CHUNK = env.int("NOTIFY_BROADCAST_CANCEL_CHUNK", default=10_000)
+NOTIFY_BROADCAST_CANCEL_TIME_BUDGET_SECONDS = env.float(
+    "NOTIFY_BROADCAST_CANCEL_TIME_BUDGET_SECONDS", default=120.0
+)
+# Progress polls share one count of a broadcast's deliveries at least this long (longer for a
+# broadcast whose count takes long: twenty times the count's own time).
+NOTIFY_BROADCAST_PROGRESS_MIN_AGE_SECONDS = env.float(
+    "NOTIFY_BROADCAST_PROGRESS_MIN_AGE_SECONDS", default=2.0
+)
+NOTIFY_BROADCAST_PROGRESS_RECOUNT_FACTOR = env.float(
+    "NOTIFY_BROADCAST_PROGRESS_RECOUNT_FACTOR", default=20.0
+)
 # Deliveries per batch task on the bulk lanes: one message, one claim, one load per batch.
 NOTIFY_DELIVERY_BATCH = env.int("NOTIFY_DELIVERY_BATCH", default=100)
 # Provider acceptances a batch records per UPDATE. More means fewer commits; it also bounds
@@ -335,6 +349,7 @@ CELERY_TASK_ROUTES = {
     "notifications.tasks.sweep_stuck_deliveries": {"queue": "maintenance"},
     "notifications.tasks.broadcast_fanout": {"queue": "maintenance"},
     "notifications.tasks.resume_broadcast_fanouts": {"queue": "maintenance"},
+    "notifications.tasks.skip_cancelled_deliveries": {"queue": "maintenance"},
     "notifications.tasks.deliver_push_batch": {"queue": "push.bulk"},
     "notifications.tasks.deliver_email_batch": {"queue": "email.bulk"},
     "notifications.tasks.deliver_sms_batch": {"queue": "sms.bulk"},

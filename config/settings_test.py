@@ -15,6 +15,9 @@ os.environ.setdefault("NOTIFY_RATE_LIMITS", "")
 os.environ.setdefault("NOTIFY_CIRCUIT_BREAKER", "false")
 # Tests that point the guard at a dead Redis must not switch it off for the tests after them.
 os.environ.setdefault("NOTIFY_GUARD_REDIS_RETRY_SECONDS", "0")
+# Tests read a broadcast's progress right after changing it; the shared count has its own test.
+os.environ.setdefault("NOTIFY_BROADCAST_PROGRESS_MIN_AGE_SECONDS", "0")
+os.environ.setdefault("NOTIFY_BROADCAST_PROGRESS_RECOUNT_FACTOR", "0")
 
 from config.settings import *  # noqa: F403
 from config.settings import ALLOWED_HOSTS

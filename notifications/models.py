@@ -64,6 +64,11 @@ class Broadcast(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     fanned_out_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    # The last count of its deliveries (notifications.services.broadcasts.broadcast_progress):
+    # counting a broadcast of millions takes seconds, so polls share one count for a while.
+    progress = models.JSONField(null=True, blank=True, editable=False)
+    progress_counted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    progress_count_seconds = models.FloatField(default=0.0, db_default=0.0, editable=False)
 
     class Meta:
         constraints = [

@@ -17,7 +17,7 @@ from django.db import InterfaceError, OperationalError, connections
 
 from channels.base import ProviderPaused, TransientDeliveryError
 from notifications import services
-from notifications.services import batches, fanout
+from notifications.services import batches, broadcasts, fanout
 from notifications.services.enqueue import queue_for
 
 logger = logging.getLogger(__name__)
@@ -196,6 +196,26 @@ def broadcast_fanout(broadcast_id: str) -> str:
 @shared_task(ignore_result=True)
 def resume_broadcast_fanouts() -> int:
     return fanout.broadcasts_resume()
+
+
+@shared_task(
+    ignore_result=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=settings.NOTIFY_RETRY_BACKOFF,
+    max_retries=settings.NOTIFY_MAX_RETRIES,
+)
+def skip_cancelled_deliveries(broadcast_id: str) -> int:
+    """Skip what a cancelled broadcast still has queued, a chunk per transaction; a run that
+    spends its time budget hands the rest to the next one."""
+    moved, more = broadcasts.skip_cancelled_rest(
+        broadcast_id=uuid.UUID(broadcast_id),
+        time_budget=settings.NOTIFY_BROADCAST_CANCEL_TIME_BUDGET_SECONDS,
+    )
+    if more:
+        skip_cancelled_deliveries.delay(broadcast_id)
+    return moved
 
 
 class DeliveryBatchTask(Task):  # type: ignore[misc]

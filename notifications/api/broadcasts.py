@@ -142,6 +142,7 @@ def _audience_summary(audience: dict[str, Any]) -> dict[str, Any]:
 
 
 def broadcast_representation(broadcast: Broadcast) -> dict[str, Any]:
+    counts, counted_at = broadcasts.broadcast_progress(broadcast=broadcast)
     return {
         "id": str(broadcast.pk),
         "event": broadcast.event.key,
@@ -152,15 +153,18 @@ def broadcast_representation(broadcast: Broadcast) -> dict[str, Any]:
         "createdAt": broadcast.created_at.isoformat(),
         "fannedOutAt": broadcast.fanned_out_at.isoformat() if broadcast.fanned_out_at else None,
         "cancelledAt": broadcast.cancelled_at.isoformat() if broadcast.cancelled_at else None,
-        "deliveries": broadcasts.broadcast_delivery_counts(broadcast_id=broadcast.pk),
+        "deliveries": counts,
+        # Polls share one count for a while (a count of millions takes seconds): its time.
+        "countedAt": counted_at.isoformat(),
     }
 
 
 _PROGRESS = OpenApiResponse(
     OpenApiTypes.OBJECT,
     description="The broadcast, its recipients total and its deliveries counted by status "
-    '(skipped ones also by reason), overall and per channel. "audience" shows a userIds list '
-    "as its length.",
+    '(skipped ones also by reason), overall and per channel, as counted at "countedAt" (polls '
+    'share one count for a few seconds, longer for a broadcast of millions). "audience" '
+    "shows a userIds list as its length.",
 )
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework_api_key.models import APIKey
@@ -172,7 +175,13 @@ def _insert_broadcast(
 
 def broadcast_cancel(*, broadcast_id: uuid.UUID) -> bool:
     """Stop a broadcast: the fan-out stops at its next page, and every delivery still queued
-    is skipped with reason ``cancelled`` (one UPDATE). Deliveries already sending finish.
+    is skipped with reason ``cancelled``. Deliveries already sending finish.
+
+    The first NOTIFY_BROADCAST_CANCEL_CHUNK deliveries are skipped here; a larger broadcast's
+    rest is skipped by a maintenance task, a chunk per transaction, so the request and its row
+    locks stay short whatever the size. Until then, a queued delivery its batch reaches first
+    is skipped at send time (``delivery_prepare`` reads the broadcast's status): nothing of a
+    cancelled broadcast is sent either way.
 
     False if there is no such broadcast; cancelling twice changes nothing the second time.
     """
@@ -182,17 +191,51 @@ def broadcast_cancel(*, broadcast_id: uuid.UUID) -> bool:
         moved = (
             Broadcast.objects.filter(pk=broadcast_id)
             .exclude(status=Broadcast.Status.CANCELLED)
-            .update(status=Broadcast.Status.CANCELLED, cancelled_at=timezone.now())
+            .update(
+                status=Broadcast.Status.CANCELLED,
+                cancelled_at=timezone.now(),
+                progress_counted_at=None,  # the next poll counts the skipped ones
+            )
         )
         if moved:
-            transitions.transition_broadcast(
-                broadcast_id,
-                to=DeliveryStatus.SKIPPED,
-                allowed_from=(DeliveryStatus.QUEUED,),
-                note={"reason": "cancelled"},
-                reason="cancelled",
-            )
+            chunk = settings.NOTIFY_BROADCAST_CANCEL_CHUNK
+            if skip_cancelled_chunk(broadcast_id=broadcast_id, limit=chunk) >= chunk:
+                transaction.on_commit(lambda: enqueue_skip_cancelled(broadcast_id))
     return bool(moved) or Broadcast.objects.filter(pk=broadcast_id).exists()
+
+
+def skip_cancelled_chunk(*, broadcast_id: uuid.UUID, limit: int) -> int:
+    """Skip up to ``limit`` still-queued deliveries of a cancelled broadcast; how many moved."""
+    return transitions.transition_broadcast(
+        broadcast_id,
+        to=DeliveryStatus.SKIPPED,
+        allowed_from=(DeliveryStatus.QUEUED,),
+        note={"reason": "cancelled"},
+        limit=limit,
+        reason="cancelled",
+    )
+
+
+def skip_cancelled_rest(*, broadcast_id: uuid.UUID, time_budget: float) -> tuple[int, bool]:
+    """Skip a cancelled broadcast's queued deliveries a chunk per transaction until none is
+    left or the time budget is spent; (how many moved, whether some may be left)."""
+    chunk = settings.NOTIFY_BROADCAST_CANCEL_CHUNK
+    deadline = time.monotonic() + time_budget
+    total = 0
+    while True:
+        with transaction.atomic():
+            moved = skip_cancelled_chunk(broadcast_id=broadcast_id, limit=chunk)
+        total += moved
+        if moved < chunk:
+            return total, False
+        if time.monotonic() >= deadline:
+            return total, True
+
+
+def enqueue_skip_cancelled(broadcast_id: uuid.UUID) -> None:
+    from notifications.tasks import skip_cancelled_deliveries
+
+    skip_cancelled_deliveries.delay(str(broadcast_id))
 
 
 # --- reads ---------------------------------------------------------------------------------
@@ -210,6 +253,43 @@ WHERE n.broadcast_id = %s
 GROUP BY 1, 2, 3
 """
 _STATUSES = [status.value for status in DeliveryStatus]
+
+
+def broadcast_progress(*, broadcast: Broadcast) -> tuple[dict[str, Any], datetime]:
+    """The broadcast's delivery counts and when they were counted.
+
+    A count reads every delivery of the broadcast (seconds at millions), so polls share the
+    last one while it is younger than NOTIFY_BROADCAST_PROGRESS_MIN_AGE_SECONDS or
+    NOTIFY_BROADCAST_PROGRESS_RECOUNT_FACTOR (20) times what it took to count: however many
+    clients poll, counting costs at most about 5 % of a database core. One poll counts at a
+    time (an advisory lock); the others get the last count meanwhile.
+    """
+    now = timezone.now()
+    if broadcast.progress is not None and broadcast.progress_counted_at is not None:
+        age = (now - broadcast.progress_counted_at).total_seconds()
+        fresh_for = max(
+            settings.NOTIFY_BROADCAST_PROGRESS_MIN_AGE_SECONDS,
+            settings.NOTIFY_BROADCAST_PROGRESS_RECOUNT_FACTOR * broadcast.progress_count_seconds,
+        )
+        if age < fresh_for:
+            return broadcast.progress, broadcast.progress_counted_at
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", [_LOCK_SPACE, str(broadcast.pk)]
+        )
+        (counting,) = cursor.fetchone() or (False,)
+        if not counting and broadcast.progress is not None and broadcast.progress_counted_at:
+            return broadcast.progress, broadcast.progress_counted_at
+        started = time.monotonic()
+        counts = broadcast_delivery_counts(broadcast_id=broadcast.pk)
+        took = time.monotonic() - started
+        Broadcast.objects.filter(pk=broadcast.pk).update(
+            progress=counts, progress_counted_at=now, progress_count_seconds=took
+        )
+    return counts, now
+
+
+_LOCK_SPACE = 7_100  # advisory lock namespace of broadcast progress counts
 
 
 def broadcast_delivery_counts(*, broadcast_id: uuid.UUID) -> dict[str, Any]:

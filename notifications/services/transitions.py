@@ -114,21 +114,29 @@ def transition_broadcast(
     to: DeliveryStatus,
     allowed_from: tuple[DeliveryStatus, ...],
     note: dict[str, Any] | None = None,
+    limit: int,
     **fields: Any,
 ) -> int:
-    """Move every delivery of a broadcast that is in ``allowed_from`` to ``to``, in one
-    UPDATE; returns how many moved. Rows are selected by the broadcast, not listed by id,
-    because a broadcast may hold millions of them (the notifications' partial unique index
-    starts with broadcast_id, so the join is an index scan)."""
+    """Move up to ``limit`` deliveries of a broadcast that are in ``allowed_from`` to ``to``,
+    in one UPDATE; returns how many moved. Rows are selected by the broadcast, not listed by
+    id, because a broadcast may hold millions of them (the notifications' partial unique index
+    starts with broadcast_id, so the join is an index scan); the limit keeps each statement's
+    locks and WAL small, and rows another transaction holds are left for the next one."""
     assignments, params = _set_clause(
         to, note=note, lease_seconds=None, count_attempt=False, merge_results=None, fields=fields
     )
+    statuses = [status.value for status in allowed_from]
+    # Picked once (a materialised CTE): a LIMIT subquery inside IN may be run again by the
+    # plan and pick other rows, which moved more than ``limit``.
     sql = (
-        f"UPDATE notifications_delivery SET {assignments} "  # noqa: S608
-        "WHERE notification_id IN (SELECT id FROM notifications_notification"
-        " WHERE broadcast_id = %s) AND status = ANY(%s)"
+        "WITH picked AS MATERIALIZED (SELECT d.id FROM notifications_delivery d"  # noqa: S608
+        " JOIN notifications_notification n ON n.id = d.notification_id"
+        " WHERE n.broadcast_id = %s AND d.status = ANY(%s)"
+        " LIMIT %s FOR UPDATE OF d SKIP LOCKED) "
+        f"UPDATE notifications_delivery SET {assignments} "
+        "WHERE id IN (SELECT id FROM picked) AND status = ANY(%s)"
     )
-    params += [broadcast_id, [status.value for status in allowed_from]]
+    params = [broadcast_id, statuses, limit, *params, statuses]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount)
