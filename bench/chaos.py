@@ -3,7 +3,7 @@ every one of them accounted for.
 
     .venv/bin/python bench/chaos.py [--short] [--notifications N] [--recipients R]
         [--only kill,redis,...] [--api-port 18300] [--redis-port 16391] [--pg-port 15432]
-        [--out bench/results/chaos.json]
+        [--out bench/results/chaos.json] [--keep]
 
 Starts devtools/chaos_stack.py (its own PostgreSQL and Redis, gunicorn, one worker per
 channel queue, beat, the provider fakes with 25 ms latency and 2 % transient failures),
@@ -302,6 +302,7 @@ def run_scenario(
         book = ledger.account(
             conn, notification_ids=ids, broadcast_ids=broadcasts, got=ledger.received(stack.logs)
         )
+        ledger.explain(book, stack.logs)
     finally:
         conn.close()
     bound = injected.kills  # crash windows opened: kills, or connections cut by a restart
@@ -398,6 +399,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-port", type=int, default=16391)
     parser.add_argument("--pg-port", type=int, default=15432)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/chaos.json")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the stack's folder (logs, the fakes' request logs, PostgreSQL's data)",
+    )
     args = parser.parse_args(argv)
     args.notifications = args.notifications or (120 if args.short else 3000)
     args.recipients = args.recipients or (40 if args.short else 300)
@@ -441,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted: stopping the stack")
         return 130
     finally:
-        stack.stop()
+        stack.stop(keep=args.keep)
+        if args.keep:
+            say(f"kept {stack.dir} (pg_ctl -D {stack.pg_dir / 'data'} start to query it)")
     report = {
         "mode": "short" if args.short else "long",
         "notificationsPerScenario": args.notifications,

@@ -10,7 +10,9 @@ the row is unique per delivery).
 
 A delivery is **lost** when it was not skipped, not dead-lettered, and one of its destinations
 never received it (or it is still pending). It is **duplicated** once per extra acceptance of
-one destination.
+one destination. Each duplicate example carries its evidence: the delivery's ``history`` and
+``results``, and for push every request the fakes logged for each device (when, what they
+answered, on which client connection), so the path that sent it twice can be read off.
 """
 
 from __future__ import annotations
@@ -36,6 +38,39 @@ def received(logs: dict[str, Path]) -> Counter[Key]:
             for key in _accepted(fake, record):
                 counts[key] += 1
     return counts
+
+
+def traces(logs: dict[str, Path], keys: set[Key]) -> dict[Key, list[dict[str, Any]]]:
+    """Every request the fakes logged for these destinations, answered or not (a duplicate's
+    evidence): when it arrived, what it was answered, and on which client connection."""
+    found: dict[Key, list[dict[str, Any]]] = {}
+    for fake, path in logs.items():
+        for record in _records(path):
+            key = _destination(fake, record)
+            if key in keys:
+                found.setdefault(key, []).append(
+                    {
+                        "fake": fake,
+                        "at": record.get("at"),
+                        "answeredAt": record.get("answeredAt"),  # APNs
+                        "status": record.get("status"),
+                        "fault": record.get("fault"),
+                        "client": record.get("client"),
+                    }
+                )
+    return found
+
+
+def _destination(fake: str, record: dict[str, Any]) -> Key | None:
+    """The push destination a request was for, whatever it was answered (APNs, FCM)."""
+    if fake == "apns":
+        notification = ((record.get("payload") or {}).get("notify") or {}).get("notificationId")
+        return ("n", str(notification), str(record.get("token"))) if notification else None
+    if fake == "fcm" and record.get("kind") == "send":
+        message = (record.get("body") or {}).get("message") or {}
+        notification = (message.get("data") or {}).get("notificationId")
+        return ("n", str(notification), str(message.get("token"))) if notification else None
+    return None
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
@@ -142,7 +177,12 @@ def account(
             tally["duplicated"] += extra
             if len(ledger.duplicate_examples) < 10:
                 ledger.duplicate_examples.append(
-                    {"delivery": delivery_id, "channel": channel, "copies": copies}
+                    {
+                        "delivery": delivery_id,
+                        "channel": channel,
+                        "copies": copies,
+                        "destinations": [key[2] for key in keys],
+                    }
                 )
         if reached:
             ledger.delivered += 1
@@ -162,9 +202,53 @@ def account(
     with conn.cursor() as cursor:
         cursor.execute(_DEAD_LETTER_ERRORS, [[row[0] for row in rows]])
         ledger.dead_letter_errors = {f"{k}: {m}"[:160]: n for k, m, n in cursor.fetchall()}
+    _explain_duplicates(conn, ledger, notification_ids_by_delivery={r[0]: r[3] for r in rows})
     ledger.statuses = dict(statuses)
     ledger.by_channel = {channel: dict(counts) for channel, counts in per_channel.items()}
     return ledger
+
+
+def _explain_duplicates(
+    conn: Any, ledger: Ledger, *, notification_ids_by_delivery: dict[int, str]
+) -> None:
+    """Each duplicate example gets its delivery's ``history`` and ``results``: which path sent
+    a destination twice (the fakes' own records of it are added by ``explain``)."""
+    ids = [example["delivery"] for example in ledger.duplicate_examples]
+    if not ids:
+        return
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, status, attempts, history, results FROM notifications_delivery"
+            " WHERE id = ANY(%s)",
+            [ids],
+        )
+        rows = {row[0]: row[1:] for row in cursor.fetchall()}
+    for example in ledger.duplicate_examples:
+        status, attempts, history, results = rows.get(example["delivery"], (None, 0, [], {}))
+        example.update(
+            notification=notification_ids_by_delivery.get(example["delivery"]),
+            status=status,
+            attempts=attempts,
+            history=history,
+            results=results,
+        )
+
+
+def explain(ledger: Ledger, logs: dict[str, Path]) -> None:
+    """Add to each duplicate example what the fakes logged for its destinations."""
+    keys = {
+        ("n", str(example.get("notification")), token)
+        for example in ledger.duplicate_examples
+        if example["channel"] == "push"
+        for token in example.get("destinations", [])
+    }
+    found = traces(logs, keys)
+    for example in ledger.duplicate_examples:
+        if example["channel"] == "push":
+            example["requests"] = {
+                token: found.get(("n", str(example.get("notification")), token), [])
+                for token in example.get("destinations", [])
+            }
 
 
 def _expected(channel: str, delivery_id: int, notification_id: str, tokens: list[str]) -> list[Key]:

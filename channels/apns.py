@@ -10,6 +10,7 @@ our own settings are wrong.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import ssl
 import threading
@@ -32,6 +33,11 @@ from channels.base import (
 from channels.pool import KeptConnections
 
 PROVIDER = "APNs"
+logger = logging.getLogger(__name__)
+_GOAWAY_IN_FLIGHT = (
+    "the connection was closed (GOAWAY) with this request taken but unanswered; "
+    "it may have been accepted"
+)
 # Apple refuses provider tokens older than an hour and answers TooManyProviderTokenUpdates to
 # more than one new token per 20 minutes, so one token serves 50 minutes.
 TOKEN_REFRESH_SECONDS = 50 * 60
@@ -116,6 +122,20 @@ class APNsSender:
         except httpx.TimeoutException as exc:
             raise TransientDeliveryError(
                 f"no answer within {timeout:g}s ({type(exc).__name__})", provider=PROVIDER
+            ) from exc
+        except httpx.RemoteProtocolError as exc:
+            if "ConnectionTerminated" not in str(exc):
+                raise TransientDeliveryError(
+                    f"{type(exc).__name__}: {exc}", provider=PROVIDER
+                ) from exc
+            # A GOAWAY that leaves this request out (a stream above its last_stream_id) never
+            # gets here: httpcore sends the request again on a new connection, which is safe.
+            # Here the GOAWAY names this request as taken by the server, and no answer came
+            # (h2 reads nothing after a GOAWAY). Apple may have accepted it, so the retry this
+            # error leads to may deliver it twice: at least once, like a timed-out answer.
+            logger.warning("%s: %s", PROVIDER, _GOAWAY_IN_FLIGHT)
+            raise TransientDeliveryError(
+                f"{_GOAWAY_IN_FLIGHT} ({exc})", provider=PROVIDER, provider_code="GoAway"
             ) from exc
         except httpx.TransportError as exc:
             if _certificate_rejected(exc):

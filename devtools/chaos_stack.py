@@ -248,7 +248,9 @@ class ChaosStack:
         self._wait("every worker to answer a ping", self._workers_answer)
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, keep: bool = False) -> None:
+        """End everything started; ``keep`` leaves the folder (each process's log, the fakes'
+        JSONL request logs, PostgreSQL's data directory) for a post-mortem."""
         self._stopping.set()
         with self._restart_lock:
             pass  # a restart under way is finished: nothing starts after this
@@ -259,7 +261,8 @@ class ChaosStack:
                 self._pg_ctl("stop", "-m", "immediate")
             except StackError as exc:
                 print(f"chaos stack: {exc}", file=sys.stderr)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> ChaosStack:
         return self

@@ -15,10 +15,12 @@ then decides what happens, so tests and demos need no control channel:
 - ``slow-MS-…``: waits MS milliseconds before answering 200
 - anything else: 200 with an ``apns-id`` (a UUID, or the request's own ``apns-id``)
 
-Payloads over 4096 bytes get 413 ``PayloadTooLarge``. Every request is recorded (token,
-headers without the JWT, the JWT's decoded header and claims, JSON payload, status) in
-``requests``, at ``GET /_fake/requests`` and, with ``--log``, in a JSONL file. ``POST
-/_fake/fault`` switches a provider-wide outage, throttle or hang (devtools/fakes/faults.py). Alone:
+Payloads over 4096 bytes get 413 ``PayloadTooLarge``. A busy connection is never retired after a
+number of requests unless ``max_requests_per_connection`` says so (see ``FakeAPNs``). Every
+request is recorded (token, headers without the JWT, the JWT's decoded header and claims, JSON
+payload, status) in ``requests``, at ``GET /_fake/requests`` and, with ``--log``, in a JSONL file.
+``POST /_fake/fault`` switches a provider-wide outage, throttle or hang
+(devtools/fakes/faults.py). Alone:
 ``python -m devtools.fakes.apns --port 2197 --ca-out ca.pem --private-key-out key.p8``.
 """
 
@@ -53,6 +55,7 @@ from devtools.fakes.faults import CONTROL_PATH, FaultRequestError, Faults
 from devtools.fakes.stats import STATS_PATH, RequestRate
 
 MAX_PAYLOAD_BYTES = 4096  # Apple's limit for regular remote notifications
+UNLIMITED_REQUESTS = 2**62  # hypercorn's keep_alive_max_requests, in effect no limit
 _DEVICE_PATH = re.compile(r"^/3/device/([^/]+)$")
 _FLAKY = re.compile(r"^flaky-(\d+)-")
 _SLOW = re.compile(r"^slow-(\d+)-")
@@ -60,7 +63,18 @@ _TOOMANY = re.compile(r"^toomany-(\d+)-")
 
 
 class FakeAPNs:
-    """The server, in a background thread. ``public_key_pem`` (or the private key) checks JWTs."""
+    """The server, in a background thread. ``public_key_pem`` (or the private key) checks JWTs.
+
+    ``max_requests_per_connection``: hypercorn's way of retiring a connection after that many
+    requests, kept only to show what it does to a client (tests/channels/test_apns_goaway.py).
+    The request that crosses the limit is handed to the app (accepted, logged 200) while the
+    server sends GOAWAY naming it as processed; h2 then refuses to send its answer after the
+    GOAWAY, and the client, told its request may have been processed but never answered,
+    retries. Hypercorn's default (1,000) did this once per 1,000 requests on a connection: a
+    push accepted twice, the chaos suite's unexplained duplicates. Apple answers what it
+    accepts, so by default the fake never retires a busy connection (an idle one still closes
+    after hypercorn's keep-alive timeout, with no request in flight).
+    """
 
     def __init__(
         self,
@@ -74,8 +88,10 @@ class FakeAPNs:
         log_path: Path | None = None,
         latency_ms: int = 0,
         fail_rate: float = 0.0,
+        max_requests_per_connection: int | None = None,
     ) -> None:
         self.key_id, self.team_id, self.topic = key_id, team_id, topic
+        self.max_requests_per_connection = max_requests_per_connection
         key = public_key_pem.encode()
         if b"PRIVATE KEY" in key:
             private = serialization.load_pem_private_key(key, password=None)
@@ -109,6 +125,8 @@ class FakeAPNs:
         self._sock.listen(128)
         config.bind = [f"fd://{self._sock.detach()}"]
         config.graceful_timeout = 0.5
+        # Never retire a connection with a request in flight whose answer it then drops.
+        config.keep_alive_max_requests = self.max_requests_per_connection or UNLIMITED_REQUESTS
         config.loglevel = "WARNING"
         started = threading.Event()
 
@@ -181,7 +199,12 @@ class FakeAPNs:
             status, reason, extra = await self._handle(scope, headers, body, record)
             response_headers = {"apns-id": headers.get("apns-id") or str(uuid.uuid4()), **extra}
             with self._lock:
-                record.update(status=status, reason=reason, apnsId=response_headers["apns-id"])
+                record.update(
+                    status=status,
+                    reason=reason,
+                    apnsId=response_headers["apns-id"],
+                    answeredAt=time.time(),
+                )
         finally:  # a client that timed out still leaves a trace in the log
             self._log(record)
         payload: dict[str, Any] | None = {"reason": reason} if reason else None
@@ -205,6 +228,8 @@ class FakeAPNs:
             "method": scope["method"],
             "path": scope["path"],
             "httpVersion": scope["http_version"],
+            # Which client connection it came on ("host:port"): a retry on a new one shows.
+            "client": ":".join(str(part) for part in scope.get("client") or ()),
             "token": match[1] if match else "",
             "headers": {k: v for k, v in headers.items() if k != "authorization"},
             "jwt": None,
