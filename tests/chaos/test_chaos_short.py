@@ -54,6 +54,7 @@ def test_nothing_is_lost_and_duplicates_stay_within_the_crash_windows(
 ) -> None:
     scenario = _scenario(chaos_report, kind)
     assert scenario["accepted"] >= 100, scenario
+    assert scenario["unanswered"] == 0, scenario  # every request is in the books
     assert scenario["settled"], f"{kind}: deliveries still pending at the deadline: {scenario}"
     assert scenario["lost"] == 0, scenario["lost_examples"]
     # Only a task stopped between the provider's acceptance and its commit sends twice: a
