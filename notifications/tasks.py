@@ -206,15 +206,16 @@ def resume_broadcast_fanouts() -> int:
     retry_backoff=settings.NOTIFY_RETRY_BACKOFF,
     max_retries=settings.NOTIFY_MAX_RETRIES,
 )
-def skip_cancelled_deliveries(broadcast_id: str) -> int:
-    """Skip what a cancelled broadcast still has queued, a chunk per transaction; a run that
-    spends its time budget hands the rest to the next one."""
-    moved, more = broadcasts.skip_cancelled_rest(
+def skip_cancelled_deliveries(broadcast_id: str, after_recipient: int = 0) -> int:
+    """Skip what a cancelled broadcast still has queued, a page per transaction from the
+    cursor on; a run that spends its time budget hands the rest to the next one."""
+    moved, cursor = broadcasts.skip_cancelled_rest(
         broadcast_id=uuid.UUID(broadcast_id),
+        after_recipient=after_recipient,
         time_budget=settings.NOTIFY_BROADCAST_CANCEL_TIME_BUDGET_SECONDS,
     )
-    if more:
-        skip_cancelled_deliveries.delay(broadcast_id)
+    if cursor is not None:
+        skip_cancelled_deliveries.delay(broadcast_id, cursor)
     return moved
 
 

@@ -177,11 +177,11 @@ def broadcast_cancel(*, broadcast_id: uuid.UUID) -> bool:
     """Stop a broadcast: the fan-out stops at its next page, and every delivery still queued
     is skipped with reason ``cancelled``. Deliveries already sending finish.
 
-    The first NOTIFY_BROADCAST_CANCEL_CHUNK deliveries are skipped here; a larger broadcast's
-    rest is skipped by a maintenance task, a chunk per transaction, so the request and its row
-    locks stay short whatever the size. Until then, a queued delivery its batch reaches first
-    is skipped at send time (``delivery_prepare`` reads the broadcast's status): nothing of a
-    cancelled broadcast is sent either way.
+    The first page of NOTIFY_BROADCAST_CANCEL_CHUNK deliveries is skipped here; a larger
+    broadcast's rest is skipped by a maintenance task, a page per transaction, so the
+    request and its row locks stay short whatever the size. Until then, a queued delivery its
+    batch reaches first is skipped at send time (``delivery_prepare`` reads the broadcast's
+    status): nothing of a cancelled broadcast is sent either way.
 
     False if there is no such broadcast; cancelling twice changes nothing the second time.
     """
@@ -198,44 +198,60 @@ def broadcast_cancel(*, broadcast_id: uuid.UUID) -> bool:
             )
         )
         if moved:
-            chunk = settings.NOTIFY_BROADCAST_CANCEL_CHUNK
-            if skip_cancelled_chunk(broadcast_id=broadcast_id, limit=chunk) >= chunk:
-                transaction.on_commit(lambda: enqueue_skip_cancelled(broadcast_id))
+            _, cursor = skip_cancelled_page(broadcast_id=broadcast_id, after_recipient=0)
+            if cursor is None:
+                skip_cancelled_page(broadcast_id=broadcast_id, after_recipient=None)
+            else:
+                transaction.on_commit(lambda: enqueue_skip_cancelled(broadcast_id, cursor))
     return bool(moved) or Broadcast.objects.filter(pk=broadcast_id).exists()
 
 
-def skip_cancelled_chunk(*, broadcast_id: uuid.UUID, limit: int) -> int:
-    """Skip up to ``limit`` still-queued deliveries of a cancelled broadcast; how many moved."""
-    return transitions.transition_broadcast(
+def skip_cancelled_page(
+    *, broadcast_id: uuid.UUID, after_recipient: int | None
+) -> tuple[int, int | None]:
+    """Skip the still-queued deliveries of the next page of a cancelled broadcast's
+    notifications (``transitions.transition_broadcast_page``); (how many, the next cursor)."""
+    per_notification = max(1, len(_broadcast_channels(broadcast_id)))
+    return transitions.transition_broadcast_page(
         broadcast_id,
+        after_recipient=after_recipient,
+        page=max(1, settings.NOTIFY_BROADCAST_CANCEL_CHUNK // per_notification),
         to=DeliveryStatus.SKIPPED,
         allowed_from=(DeliveryStatus.QUEUED,),
         note={"reason": "cancelled"},
-        limit=limit,
         reason="cancelled",
     )
 
 
-def skip_cancelled_rest(*, broadcast_id: uuid.UUID, time_budget: float) -> tuple[int, bool]:
-    """Skip a cancelled broadcast's queued deliveries a chunk per transaction until none is
-    left or the time budget is spent; (how many moved, whether some may be left)."""
-    chunk = settings.NOTIFY_BROADCAST_CANCEL_CHUNK
+def _broadcast_channels(broadcast_id: uuid.UUID) -> list[str]:
+    channels = Broadcast.objects.filter(pk=broadcast_id).values_list("channels", flat=True)
+    return list(channels.first() or [])
+
+
+def skip_cancelled_rest(
+    *, broadcast_id: uuid.UUID, after_recipient: int, time_budget: float
+) -> tuple[int, int | None]:
+    """Skip a cancelled broadcast's queued deliveries a page per transaction from the cursor
+    on, until the last page or the time budget; (how many moved, the cursor to go on from,
+    None when done). The erased recipients' notifications go last, in one statement."""
     deadline = time.monotonic() + time_budget
     total = 0
-    while True:
+    cursor: int | None = after_recipient
+    while cursor is not None:
         with transaction.atomic():
-            moved = skip_cancelled_chunk(broadcast_id=broadcast_id, limit=chunk)
+            moved, cursor = skip_cancelled_page(broadcast_id=broadcast_id, after_recipient=cursor)
         total += moved
-        if moved < chunk:
-            return total, False
-        if time.monotonic() >= deadline:
-            return total, True
+        if cursor is not None and time.monotonic() >= deadline:
+            return total, cursor
+    with transaction.atomic():
+        moved, _ = skip_cancelled_page(broadcast_id=broadcast_id, after_recipient=None)
+    return total + moved, None
 
 
-def enqueue_skip_cancelled(broadcast_id: uuid.UUID) -> None:
+def enqueue_skip_cancelled(broadcast_id: uuid.UUID, after_recipient: int) -> None:
     from notifications.tasks import skip_cancelled_deliveries
 
-    skip_cancelled_deliveries.delay(str(broadcast_id))
+    skip_cancelled_deliveries.delay(str(broadcast_id), after_recipient)
 
 
 # --- reads ---------------------------------------------------------------------------------

@@ -108,38 +108,52 @@ def mark_sent_many(rows: list[tuple[int, str, str, dict[str, Any]]]) -> list[int
     return sorted(row[0] for row in moved)
 
 
-def transition_broadcast(
+def transition_broadcast_page(
     broadcast_id: uuid.UUID,
     *,
+    after_recipient: int | None,
+    page: int,
     to: DeliveryStatus,
     allowed_from: tuple[DeliveryStatus, ...],
     note: dict[str, Any] | None = None,
-    limit: int,
     **fields: Any,
-) -> int:
-    """Move up to ``limit`` deliveries of a broadcast that are in ``allowed_from`` to ``to``,
-    in one UPDATE; returns how many moved. Rows are selected by the broadcast, not listed by
-    id, because a broadcast may hold millions of them (the notifications' partial unique index
-    starts with broadcast_id, so the join is an index scan); the limit keeps each statement's
-    locks and WAL small, and rows another transaction holds are left for the next one."""
+) -> tuple[int, int | None]:
+    """Move the deliveries in ``allowed_from`` of the next ``page`` notifications of a
+    broadcast to ``to``, in one statement; returns (how many moved, the cursor of the next
+    page, None after the last).
+
+    A broadcast may hold millions of rows, so they are taken a page at a time in recipient
+    order after ``after_recipient`` (the notifications' unique index on (broadcast_id,
+    recipient_id)): each page costs the same, where a LIMIT over "still queued" rows would
+    walk past every row moved before it. ``after_recipient=None`` takes the notifications of
+    erased recipients (recipient_id NULL, out of that order), all at once: there are few.
+    Rows another transaction holds are left alone (SKIP LOCKED).
+    """
     assignments, params = _set_clause(
         to, note=note, lease_seconds=None, count_attempt=False, merge_results=None, fields=fields
     )
     statuses = [status.value for status in allowed_from]
-    # Picked once (a materialised CTE): a LIMIT subquery inside IN may be run again by the
-    # plan and pick other rows, which moved more than ``limit``.
+    if after_recipient is None:
+        which, page_params = "recipient_id IS NULL", []
+    else:
+        which = "recipient_id > %s ORDER BY recipient_id LIMIT %s"
+        page_params = [after_recipient, page]
     sql = (
-        "WITH picked AS MATERIALIZED (SELECT d.id FROM notifications_delivery d"  # noqa: S608
-        " JOIN notifications_notification n ON n.id = d.notification_id"
-        " WHERE n.broadcast_id = %s AND d.status = ANY(%s)"
-        " LIMIT %s FOR UPDATE OF d SKIP LOCKED) "
-        f"UPDATE notifications_delivery SET {assignments} "
-        "WHERE id IN (SELECT id FROM picked) AND status = ANY(%s)"
+        "WITH page AS MATERIALIZED (SELECT id, recipient_id FROM notifications_notification"  # noqa: S608
+        f" WHERE broadcast_id = %s AND {which}),"
+        " picked AS MATERIALIZED (SELECT d.id FROM notifications_delivery d"
+        " WHERE d.notification_id IN (SELECT id FROM page) AND d.status = ANY(%s)"
+        " FOR UPDATE OF d SKIP LOCKED),"
+        f" moved AS (UPDATE notifications_delivery SET {assignments}"
+        " WHERE id IN (SELECT id FROM picked) AND status = ANY(%s) RETURNING 1)"
+        " SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM page),"
+        " (SELECT max(recipient_id) FROM page)"
     )
-    params = [broadcast_id, statuses, limit, *params, statuses]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return int(cursor.rowcount)
+        cursor.execute(sql, [broadcast_id, *page_params, statuses, *params, statuses])
+        moved, taken, last = cursor.fetchone() or (0, 0, None)
+    more = after_recipient is not None and taken >= page
+    return int(moved), int(last) if more and last is not None else None
 
 
 def _set_clause(

@@ -3,12 +3,13 @@ the first), and progress polls share one count instead of each reading every del
 
 from __future__ import annotations
 
+import ast
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
-from notifications.models import Broadcast, Delivery, DeliveryStatus
+from notifications.models import Broadcast, Delivery, DeliveryStatus, Notification
 from notifications.services import broadcasts, transitions
 from notifications.tasks import skip_cancelled_deliveries
 from tests.factories import RecipientFactory
@@ -40,8 +41,9 @@ def test_cancel_skips_one_chunk_in_the_request_and_hands_the_rest_to_a_task(
 ):
     settings.NOTIFY_BROADCAST_CANCEL_CHUNK = 2
     broadcast_id = _queued_broadcast(news, 5)
-    (busy,) = Delivery.objects.filter(notification__broadcast_id=broadcast_id)[:1]
-    transitions.claim(busy.pk)  # a batch is sending this one: it finishes
+    deliveries = Delivery.objects.filter(notification__broadcast_id=broadcast_id)
+    busy = deliveries.order_by("-notification__recipient_id").first()
+    transitions.claim(busy.pk)  # a batch is sending the last one: it finishes
 
     with django_capture_on_commit_callbacks(execute=True):
         response = api_client.post(f"/api/broadcasts/{broadcast_id}/cancel")
@@ -51,9 +53,11 @@ def test_cancel_skips_one_chunk_in_the_request_and_hands_the_rest_to_a_task(
     assert _statuses(broadcast_id) == {"queued": 2, "skipped": 2, "sending": 1}
     (task,) = broker.messages("maintenance")
     assert task["headers"]["task"] == "notifications.tasks.skip_cancelled_deliveries"
-    assert task["headers"]["argsrepr"] == repr((broadcast_id,))
+    # It goes on after the page the request did: the second recipient's.
+    second = sorted(deliveries.values_list("notification__recipient_id", flat=True))[1]
+    assert task["headers"]["argsrepr"] == repr((broadcast_id, second))
 
-    assert skip_cancelled_deliveries.apply(args=(broadcast_id,)).get() == 2
+    assert skip_cancelled_deliveries.apply(args=(broadcast_id, second)).get() == 2
     assert _statuses(broadcast_id) == {"queued": 0, "skipped": 4, "sending": 1}
     skipped = Delivery.objects.filter(notification__broadcast_id=broadcast_id, status="skipped")
     assert set(skipped.values_list("reason", flat=True)) == {"cancelled"}
@@ -82,6 +86,30 @@ def test_the_skip_task_hands_over_to_a_next_run_when_its_time_is_spent(news, set
     assert _statuses(broadcast_id)["queued"] == 3
     (task,) = broker.messages("maintenance")
     assert task["headers"]["task"] == "notifications.tasks.skip_cancelled_deliveries"
+    # The next run starts after the page this one did, not from the beginning.
+    (_, cursor) = ast.literal_eval(task["headers"]["argsrepr"])
+    settings.NOTIFY_BROADCAST_CANCEL_TIME_BUDGET_SECONDS = 60
+    assert skip_cancelled_deliveries.apply(args=(broadcast_id, cursor)).get() == 3
+    assert _statuses(broadcast_id)["queued"] == 0
+
+
+def test_pages_are_counted_in_notifications_and_erased_recipients_are_skipped_too(news, settings):
+    settings.NOTIFY_BROADCAST_CANCEL_CHUNK = 4  # two channels: 2 notifications a page
+    for _ in range(3):
+        RecipientFactory()
+    broadcast_id = start_broadcast(news, {"all": True}, channels=["email", "inapp"])
+    fan_out(broadcast_id)
+    erased = Notification.objects.filter(broadcast_id=broadcast_id).order_by("recipient_id")[0]
+    Notification.objects.filter(pk=erased.pk).update(recipient=None)  # erased since
+    Broadcast.objects.filter(pk=broadcast_id).update(status=Broadcast.Status.CANCELLED)
+
+    moved, cursor = broadcasts.skip_cancelled_page(broadcast_id=broadcast_id, after_recipient=0)
+    assert moved == 4 and cursor is not None
+
+    assert broadcasts.skip_cancelled_rest(
+        broadcast_id=broadcast_id, after_recipient=cursor, time_budget=60
+    ) == (2, None)
+    assert _statuses(str(broadcast_id)) == {"queued": 0, "skipped": 6, "sending": 0}
 
 
 def test_polls_share_one_count_until_it_is_old_enough(api_client, news, settings):
