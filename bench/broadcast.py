@@ -798,6 +798,7 @@ def _service_settings() -> dict[str, Any]:
         "NOTIFY_DELIVERY_BATCH_THREADS_PUSH": "8",
         "NOTIFY_DELIVERY_BATCH_THREADS_EMAIL": "4",
         "NOTIFY_DELIVERY_BATCH_THREADS_SMS": "8",
+        "NOTIFY_EMAIL_BATCH_SIZE": "50",
         "CELERY_WORKER_PREFETCH_MULTIPLIER": "1",
         "CELERY_QUEUE_ORDER_STRATEGY": "priority",
     }
