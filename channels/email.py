@@ -27,11 +27,6 @@ from channels.base import (
 )
 from channels.pool import KeptConnections
 
-# Postmark refused this one message (malformed request, forbidden attachment, too large), not
-# the account or the address: dead-letter it, change nothing else. Other 4xx mean the server
-# token, sender signature or account needs an operator.
-_MESSAGE_REFUSED_CODES = {"300", "411"}
-
 
 class EmailProvider:
     name: ClassVar[str] = "email"
@@ -241,7 +236,7 @@ def _raise_for_esp_error(exc: Exception, provider: str) -> NoReturn:
             response=body,
             retry_after=_retry_after(getattr(getattr(exc, "response", None), "headers", {})),
         ) from exc
-    if status == 413 or code in _MESSAGE_REFUSED_CODES:
+    if status == 413 or code in email_batch.MESSAGE_REFUSED_CODES:
         raise PermanentDeliveryError(
             text, provider=provider, status_code=status, provider_code=code, response=body
         ) from exc

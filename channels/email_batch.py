@@ -32,9 +32,11 @@ from channels.base import (
 # anymail's per-recipient statuses: accepted, or refused for good (and why, as suppressions).
 _ACCEPTED = {"sent", "queued"}
 _REFUSED = {"invalid": "invalid", "rejected": "hard_bounce"}
-# Postmark's per-message ErrorCodes in a batch reply that anymail does not map to a status:
-# this one message was refused (300: a malformed message, 411: a forbidden attachment).
-_MESSAGE_REFUSED_CODES = {300, 411}
+# Postmark refused this one message (malformed request, forbidden attachment, too large), not
+# the account or the address: dead-letter it, change nothing else. Other 4xx mean the server
+# token, sender signature or account needs an operator. (A single send's code, and a batch
+# reply's per-message code that anymail does not map to a status.)
+MESSAGE_REFUSED_CODES = {"300", "411"}
 _RECIPIENT_CODES = {406: "rejected"}
 # Messages one batch call of the ESP may carry (Postmark refuses more with ErrorCode 410).
 _ESP_BATCH_LIMITS = {"postmark": 500}
@@ -191,7 +193,7 @@ def _answers_from_batch_reply(
             answers.append(_refused(address, _RECIPIENT_CODES[code], reply, provider))
         elif code == 300 and "'to'" in text.lower():
             answers.append(_refused(address, "invalid", reply, provider))
-        elif code in _MESSAGE_REFUSED_CODES:
+        elif str(code) in MESSAGE_REFUSED_CODES:
             answers.append(
                 PermanentDeliveryError(
                     text,
