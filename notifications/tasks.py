@@ -177,17 +177,21 @@ def purge_expired_notifications() -> int:
 # --- broadcasts: fan-out pages and batch delivery (docs/broadcasts.md) ----------------------
 
 
-@shared_task(
-    ignore_result=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    # A page runs in one transaction, so running it again after a database blink is safe.
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=settings.NOTIFY_RETRY_BACKOFF,
-    retry_backoff_max=settings.NOTIFY_RETRY_BACKOFF_MAX,
-    retry_jitter=True,
-    max_retries=settings.NOTIFY_MAX_RETRIES,
-)
+# Broadcast maintenance tasks: each page runs in one transaction, so running it again after a
+# database blink is safe; acknowledged only when done, so a killed worker's page runs again.
+_PAGE_TASK_OPTIONS: dict[str, Any] = {
+    "ignore_result": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": settings.NOTIFY_RETRY_BACKOFF,
+    "retry_backoff_max": settings.NOTIFY_RETRY_BACKOFF_MAX,
+    "retry_jitter": True,
+    "max_retries": settings.NOTIFY_MAX_RETRIES,
+}
+
+
+@shared_task(**_PAGE_TASK_OPTIONS)
 def broadcast_fanout(broadcast_id: str) -> str:
     """One page of a broadcast's fan-out; the service chains the next page after commit."""
     return fanout.broadcast_fanout_page(broadcast_id=uuid.UUID(broadcast_id)).value
@@ -198,14 +202,7 @@ def resume_broadcast_fanouts() -> int:
     return fanout.broadcasts_resume()
 
 
-@shared_task(
-    ignore_result=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=settings.NOTIFY_RETRY_BACKOFF,
-    max_retries=settings.NOTIFY_MAX_RETRIES,
-)
+@shared_task(**_PAGE_TASK_OPTIONS)
 def skip_cancelled_deliveries(broadcast_id: str, after_recipient: int = 0) -> int:
     """Skip what a cancelled broadcast still has queued, a page per transaction from the
     cursor on; a run that spends its time budget hands the rest to the next one."""
