@@ -30,7 +30,7 @@ from channels.base import (
     TransientDeliveryError,
 )
 from channels.checks import check_providers
-from devtools.fakes.apns import FakeAPNs, new_signing_key
+from devtools.fakes.apns import FakeAPNs, device_token, new_signing_key
 from notifications import services
 from notifications.models import DeliveryStatus, FailedDelivery
 from notifications.services import Outcome
@@ -71,9 +71,10 @@ def fake(settings: Any, fake_apns: FakeAPNs, apns_key: str) -> FakeAPNs:
     return fake_apns
 
 
-def _device(kind: str, recipient: Any = None) -> Device:
+def _device(kind: str, recipient: Any = None, number: int = 0) -> Device:
+    """A device whose token makes the fake answer as ``kind`` says (devtools/fakes/apns.py)."""
     extra = {"recipient": recipient} if recipient is not None else {}
-    token = f"{kind}-{uuid.uuid4().hex[:12]}"
+    token = device_token(kind, number)
     return DeviceFactory(platform=Device.Platform.APNS, token=token, **extra)
 
 
@@ -220,7 +221,7 @@ def test_a_payload_too_large_fails_the_notification_but_keeps_the_device(fake, o
 
 def test_a_503_is_retried_without_resending_to_devices_already_reached(fake, order_shipped):
     reached = _device("ok")
-    flaky = _device("flaky-1", reached.recipient)
+    flaky = _device("flaky", reached.recipient, 1)
     delivery = queued_push(reached.recipient, order_shipped)
 
     with pytest.raises(TransientDeliveryError) as raised:
@@ -242,7 +243,7 @@ def test_a_503_is_retried_without_resending_to_devices_already_reached(fake, ord
 
 
 def test_a_429_with_retry_after_holds_the_delivery_that_long(fake, order_shipped):
-    device = _device("toomany-120")
+    device = _device("toomany", number=120)
     delivery = queued_push(device.recipient, order_shipped)
 
     with pytest.raises(TransientDeliveryError) as raised:
@@ -260,7 +261,7 @@ def test_a_429_with_retry_after_holds_the_delivery_that_long(fake, order_shipped
 
 def test_a_timeout_is_transient_and_the_connection_stays_usable(fake, order_shipped, settings):
     settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS = 0.3
-    slow = _device("slow-3000")
+    slow = _device("slow", number=3000)
     delivery = queued_push(slow.recipient, order_shipped)
 
     started = time.monotonic()
@@ -418,7 +419,7 @@ def test_a_real_push_worker_sends_and_retries_a_503_once(
 ):
     _point_at(settings, standalone_apns["url"], str(standalone_apns["folder"] / "ca.pem"), apns_key)
     reached = _device("ok")
-    flaky = _device("flaky-1", reached.recipient)
+    flaky = _device("flaky", reached.recipient, 1)
 
     response = api_client.post(
         "/api/notify",
@@ -467,7 +468,7 @@ def test_concurrent_sends_reach_each_device_exactly_once(fake, order_shipped, se
         destination=Destination(recipient_id=1, external_id="u-1"),
         content={"title": "Shipped", "body": "On its way."},
     )
-    tokens = [f"ok-{i:03d}-{uuid.uuid4().hex[:8]}" for i in range(160)]
+    tokens = [device_token() for _ in range(160)]
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
             ids = list(pool.map(lambda token: sender.send_to_device(token, outbound), tokens))
