@@ -29,7 +29,8 @@ not hex         400 ``BadDeviceToken`` (an odd number of digits, or any other
 ==============  =================================================================
 
 A path that is not ``/3/device/<one segment>`` (a token with ``/`` in it, say) is 404
-``BadPath``. Prefixes are matched in either case.
+``BadPath``, and ``/3/device/`` alone 400 ``MissingDeviceToken``. Prefixes are matched in
+either case.
 
 Payloads over 4096 bytes get 413 ``PayloadTooLarge``. A busy connection is never retired after a
 number of requests unless ``max_requests_per_connection`` says so (see ``FakeAPNs``). Every
@@ -285,6 +286,8 @@ class FakeAPNs:
         if scope["method"] != "POST":
             return 405, "MethodNotAllowed", {}
         if not record["token"]:
+            if scope["path"] == "/3/device/":
+                return 400, "MissingDeviceToken", {}
             return 404, "BadPath", {}
         bearer = headers.get("authorization", "")
         if not bearer.lower().startswith("bearer "):
