@@ -81,8 +81,9 @@ def seed(db_name: str, recipients: int) -> dict[str, Any]:
             timings["recipients_s"] = time.perf_counter() - started
 
             started = time.perf_counter()
-            # Tokens the fakes answer 200 to: APNs 64 hex digits, FCM a long opaque string;
-            # neither starts with one of the fakes' failure prefixes (unregistered…, flaky-…).
+            # Tokens the fakes answer 200 to: APNs 64 hex digits after the APNs fake's "good"
+            # prefix 600d (a random start could be one of its magic prefixes, dead… say), FCM
+            # a long opaque string that starts with none of the FCM fake's (unregistered…).
             cur.execute(
                 """
                 INSERT INTO preferences_device
@@ -91,7 +92,7 @@ def seed(db_name: str, recipients: int) -> dict[str, Any]:
                 SELECT id,
                        CASE WHEN id %% 2 = 0 THEN 'apns' ELSE 'fcm' END,
                        CASE WHEN id %% 2 = 0
-                            THEN md5(id::text) || md5('apns' || id::text)
+                            THEN '600d' || left(md5(id::text) || md5('apns' || id::text), 60)
                             ELSE 'c' || md5(id::text) || ':APA91b' || md5('fcm' || id::text)
                        END,
                        true, NULL, '', now(), now()

@@ -29,6 +29,7 @@ small N, a few minutes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import signal
@@ -48,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from bench import chaos_ledger as ledger  # noqa: E402
 from devtools import chaos_stack  # noqa: E402
 from devtools.chaos_stack import CHANNELS, ChaosStack, StackConfig, StackError  # noqa: E402
+from devtools.fakes.apns import device_token  # noqa: E402
 
 KINDS = ("kill", "redis", "postgres", "outage", "throttle", "hang")
 TOPIC = "chaos"
@@ -125,6 +127,11 @@ def call_until_accepted(
         time.sleep(0.5)
 
 
+def _apns(user: str) -> str:
+    """The user's APNs token: 64 hex digits the fake answers 200 (devtools/fakes/apns.py)."""
+    return device_token(tail=hashlib.sha256(user.encode()).hexdigest())
+
+
 def create_recipients(stack: ChaosStack, count: int) -> list[str]:
     users = [f"chaos-{i}" for i in range(count)]
 
@@ -133,7 +140,7 @@ def create_recipients(stack: ChaosStack, count: int) -> list[str]:
         profile = {"email": f"{user}@example.com", "phone": f"+1415555{i:04d}", "locale": "en"}
         steps: list[tuple[str, str, Any]] = [
             ("PUT", f"/api/recipients/{user}", profile),
-            ("POST", f"/api/recipients/{user}/devices", {"platform": "apns", "token": f"{user}-a"}),
+            ("POST", f"/api/recipients/{user}/devices", {"platform": "apns", "token": _apns(user)}),
             ("POST", f"/api/recipients/{user}/devices", {"platform": "fcm", "token": f"{user}-f"}),
         ]
         for method, path, body in steps:

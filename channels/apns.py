@@ -31,6 +31,7 @@ from channels.base import (
     TransientDeliveryError,
 )
 from channels.pool import KeptConnections
+from preferences.tokens import is_valid_device_token
 
 PROVIDER = "APNs"
 logger = logging.getLogger(__name__)
@@ -45,7 +46,13 @@ TOKEN_REFRESH_SECONDS = 50 * 60
 EXPIRATION_SECONDS = 24 * 60 * 60
 PAYLOAD_KEY = "notify"  # our custom key next to "aps": notification id, event and data
 
-DEAD_TOKEN = {"Unregistered", "ExpiredToken", "BadDeviceToken", "DeviceTokenNotForTopic"}
+DEAD_TOKEN = {
+    "Unregistered",
+    "ExpiredToken",
+    "BadDeviceToken",
+    "DeviceTokenNotForTopic",
+    "MissingDeviceToken",  # an empty token: a row no registration could make today
+}
 TRANSIENT = {
     "TooManyRequests",
     "TooManyProviderTokenUpdates",
@@ -73,10 +80,12 @@ EXPLAIN = {
     "ExpiredToken": "the device token has expired",
     "BadDeviceToken": "the device token is invalid (or belongs to the other environment)",
     "DeviceTokenNotForTopic": "the device token does not match the topic",
+    "MissingDeviceToken": "the request has no device token",
     "TooManyRequests": "too many requests to the same device token",
     "ServiceUnavailable": "the service is unavailable",
     "InternalServerError": "an internal server error occurred",
     "PayloadTooLarge": "the payload exceeds Apple's 4 KB limit",
+    "BadPath": "the request path is not /3/device/<device token>",
     "ExpiredProviderToken": "the provider token is stale",
     "InvalidProviderToken": "the provider token is invalid or its signature cannot be verified",
 }
@@ -245,6 +254,15 @@ def _outcome(token: str, response: httpx.Response) -> str:
         "status_code": status,
         "provider_code": reason or None,
     }
+    if reason == "BadPath" and not is_valid_device_token("apns", token):
+        # A token registered before tokens were validated ("abc/def") makes a path Apple
+        # cannot read: that device is dead, not our APNS_ENDPOINT. A valid token's BadPath is.
+        raise PermanentDeliveryError(
+            f"{detail}: the device token is not 64-200 hexadecimal digits",
+            dead_device_tokens=(token,),
+            response=_json(response),
+            **where,
+        )
     if reason in CONFIGURATION or (status == 403 and not reason):
         fix = CONFIGURATION.get(reason, "the APNS_* settings")
         raise ProviderConfigurationError(f"{PROVIDER} {status} {reason}: {detail}; check {fix}")

@@ -30,6 +30,7 @@ from channels.base import (
     ProviderConfigurationError,
     TransientDeliveryError,
 )
+from preferences.tokens import is_valid_device_token
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 PROVIDER = "FCM"
@@ -245,7 +246,7 @@ def _error_for(response: Any, token: str) -> DeliveryError | ProviderConfigurati
         "provider_code": code,
         "response": error,
     }
-    if code in _DEAD_TOKEN_CODES or _is_bad_token(code, text, details):
+    if code in _DEAD_TOKEN_CODES or _is_bad_token(code, text, details, token):
         return PermanentDeliveryError(text, dead_device_tokens=(token,), **described)
     if status == 429 or status >= 500:
         return TransientDeliveryError(text, retry_after=_retry_after(response), **described)
@@ -264,10 +265,13 @@ def _error_for(response: Any, token: str) -> DeliveryError | ProviderConfigurati
     return PermanentDeliveryError(text, **described)  # the message itself was refused
 
 
-def _is_bad_token(code: str, text: str, details: list[dict[str, Any]]) -> bool:
+def _is_bad_token(code: str, text: str, details: list[dict[str, Any]], token: str) -> bool:
     # INVALID_ARGUMENT also covers bad payloads; only the token's kind kills the device.
     if code != "INVALID_ARGUMENT":
         return False
+    if not is_valid_device_token("fcm", token):
+        # Registered before tokens were validated: whatever FCM says was wrong, this was.
+        return True
     fields = {
         violation.get("field")
         for detail in details

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from phonenumber_field.modelfields import PhoneNumberField
 
 from channels.base import Channel
+from preferences import tokens
 
 
 class Recipient(models.Model):
@@ -47,6 +49,14 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return f"{self.platform}:{self.token[:12]}…"
+
+    def clean(self) -> None:
+        # The admin's forms run this; the API and services call preferences.tokens themselves.
+        if self.platform in self.Platform.values:
+            try:
+                self.token = tokens.device_token(self.platform, self.token)
+            except ValidationError as exc:
+                raise ValidationError({"token": exc.messages}) from exc
 
 
 class Category(models.Model):

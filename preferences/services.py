@@ -8,7 +8,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.db.models.expressions import RawSQL
 
-from preferences import selectors
+from preferences import selectors, tokens
 from preferences.models import (
     Category,
     Device,
@@ -72,7 +72,12 @@ class DeviceRegistration:
 @transaction.atomic
 def device_register(*, recipient: Recipient, platform: str, token: str) -> DeviceRegistration:
     """Register (or re-activate) a token. A token seen on another recipient moves here: the
-    phone changed hands or accounts, and only the newest owner should get its pushes."""
+    phone changed hands or accounts, and only the newest owner should get its pushes.
+
+    ``token`` must be one of ``platform``'s (preferences.tokens; a Django ValidationError
+    otherwise) and is stored in that platform's form (APNs: lower case).
+    """
+    token = tokens.device_token(platform, token)
     device = Device.objects.select_for_update().filter(platform=platform, token=token).first()
     if device is None:
         device, created = Device.objects.get_or_create(

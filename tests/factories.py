@@ -8,6 +8,7 @@ from django.utils import timezone
 from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
+from devtools.fakes.apns import device_token as apns_device_token
 from notifications.models import Delivery, DeliveryStatus, Notification, Template
 from notifications.services.api_keys import ALL_SCOPES, api_key_create
 from preferences.models import Category, Device, Event, Preference, Recipient
@@ -59,7 +60,15 @@ class DeviceFactory(factory.django.DjangoModelFactory):
 
     recipient = factory.SubFactory(RecipientFactory)
     platform = Device.Platform.FCM
-    token = factory.Sequence(lambda n: f"token-{n}")
+    # Valid for the platform (preferences/tokens.py), and answered 200 by the fakes: an APNs
+    # token starts with the APNs fake's "good" prefix (devtools/fakes/apns.py).
+    token = factory.LazyAttributeSequence(
+        lambda device, n: (
+            apns_device_token(tail=f"{n:x}")
+            if device.platform == Device.Platform.APNS
+            else f"fcm-token-{n}"
+        )
+    )
 
 
 class PreferenceFactory(factory.django.DjangoModelFactory):

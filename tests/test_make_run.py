@@ -18,6 +18,7 @@ import pytest
 from django.conf import settings
 from psycopg2 import sql
 
+from preferences.management.commands.seed_demo import DEMO_APNS_DEVICE, DEMO_FCM_DEVICE
 from tests.workers import purge_broker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,8 +116,8 @@ def test_make_run_smoke_sends_the_demo_to_every_channel_and_stops_everything(
     push = deliveries["push"]
     assert set(push["provider"].split("+")) == {"apns", "fcm"}
     assert {token: r["status"] for token, r in push["devices"].items()} == {
-        "demo-apns-token": "sent",
-        "demo-fcm-token": "sent",
+        DEMO_APNS_DEVICE: "sent",
+        DEMO_FCM_DEVICE: "sent",
     }
     assert push["providerMessageId"] in {r["messageId"] for r in push["devices"].values()}
     assert deliveries["email"]["provider"] == "postmark"
@@ -124,8 +125,8 @@ def test_make_run_smoke_sends_the_demo_to_every_channel_and_stops_everything(
     assert deliveries["sms"]["providerMessageId"].startswith("SM")
     for delivery in deliveries.values():
         assert delivery["providerMessageId"], delivery
-    assert "demo-apns-token → 200 apns-id" in output
-    assert "demo-fcm-token → 200 projects/demo-project/messages/" in output
+    assert f"{DEMO_APNS_DEVICE} → 200 apns-id" in output
+    assert f"{DEMO_FCM_DEVICE} → 200 projects/demo-project/messages/" in output
     assert f"→ 201 {deliveries['sms']['providerMessageId']}" in output
     assert f"'Your order 9912 has shipped' → 200 {deliveries['email']['providerMessageId']}" in (
         output

@@ -4,16 +4,33 @@ It generates a throwaway CA and a certificate for 127.0.0.1/localhost at start a
 CA's PEM to ``ca_path`` (``--ca-out``); point ``APNS_CA_FILE`` at it. Every request's JWT is
 checked (ES256, ``kid`` and ``iss`` as configured, ``iat`` within the last hour, signature
 against the configured key) and ``apns-topic`` must match, as Apple does. The device token
-then decides what happens, so tests and demos need no control channel:
+then decides what happens, so tests and demos need no control channel. Apple's tokens are
+hexadecimal (64 digits today), and so are the fake's magic ones: a four-digit prefix picks the
+answer, and some take a four-digit decimal number after it (``device_token()`` builds them):
 
-- ``unregistered…``: 410 ``Unregistered`` (with Apple's ``timestamp``)
-- ``baddevicetoken…``: 400 ``BadDeviceToken``; ``wrongtopic…``: 400 ``DeviceTokenNotForTopic``
-- ``toomany…``: 429 ``TooManyRequests``; ``toomany-S-…`` also sends ``Retry-After: S``
-- ``flaky-N-…``: 503 ``ServiceUnavailable`` for the first N attempts, then 200
-- ``expiredjwt-…``: 403 ``ExpiredProviderToken`` to the first JWT seen for that device; that
-  JWT stays expired for every device, so only a fresh one gets through
-- ``slow-MS-…``: waits MS milliseconds before answering 200
-- anything else: 200 with an ``apns-id`` (a UUID, or the request's own ``apns-id``)
+==============  =================================================================
+token           answer
+==============  =================================================================
+``600d…``       200 (good: what generated tokens start with, so that a random tail
+                never happens to begin with one of the prefixes below)
+``dead…``       410 ``Unregistered`` (with Apple's ``timestamp``)
+``badd…``       400 ``BadDeviceToken``
+``d1ff…``       400 ``DeviceTokenNotForTopic`` (a different app's token)
+``c001SSSS…``   429 ``TooManyRequests`` ("cool off"), with ``Retry-After: SSSS``
+                seconds unless SSSS is ``0000``
+``fa11NNNN…``   503 ``ServiceUnavailable`` for the first NNNN attempts, then 200
+``57a1…``       403 ``ExpiredProviderToken`` ("stale") to the first JWT seen for that
+                device; that JWT stays expired for every device, so only a fresh one
+                gets through
+``de1aMMMM…``   waits MMMM milliseconds ("delay"), then 200
+other hex       200 with an ``apns-id`` (a UUID, or the request's own ``apns-id``)
+not hex         400 ``BadDeviceToken`` (an odd number of digits, or any other
+                character), as Apple answers a malformed token
+==============  =================================================================
+
+A path that is not ``/3/device/<one segment>`` (a token with ``/`` in it, say) is 404
+``BadPath``, and ``/3/device/`` alone 400 ``MissingDeviceToken``. Prefixes are matched in
+either case.
 
 Payloads over 4096 bytes get 413 ``PayloadTooLarge``. A busy connection is never retired after a
 number of requests unless ``max_requests_per_connection`` says so (see ``FakeAPNs``). Every
@@ -63,9 +80,21 @@ UNLIMITED_REQUESTS = 2**62  # hypercorn's keep_alive_max_requests, in effect no 
 # (measured: 12 of 6,000 requests sent at the edge of the timeout; 1 push in a 100k broadcast).
 IDLE_TIMEOUT_SECONDS = 3600
 _DEVICE_PATH = re.compile(r"^/3/device/([^/]+)$")
-_FLAKY = re.compile(r"^flaky-(\d+)-")
-_SLOW = re.compile(r"^slow-(\d+)-")
-_TOOMANY = re.compile(r"^toomany-(\d+)-")
+_HEX = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
+TOKEN_HEX_DIGITS = 64  # what device_token() makes; the fake answers any even number of digits
+# The magic prefixes (see the table above); the numbered ones take four decimal digits after.
+PREFIXES = {
+    "ok": "600d",
+    "unregistered": "dead",
+    "baddevicetoken": "badd",
+    "wrongtopic": "d1ff",
+    "toomany": "c001",
+    "flaky": "fa11",
+    "expiredjwt": "57a1",
+    "slow": "de1a",
+}
+_NUMBERED = {"toomany", "flaky", "slow"}
+_NUMBER = re.compile(r"^[0-9a-f]{4}(\d{4})")
 
 
 class FakeAPNs:
@@ -257,6 +286,8 @@ class FakeAPNs:
         if scope["method"] != "POST":
             return 405, "MethodNotAllowed", {}
         if not record["token"]:
+            if scope["path"] == "/3/device/":
+                return 400, "MissingDeviceToken", {}
             return 404, "BadPath", {}
         bearer = headers.get("authorization", "")
         if not bearer.lower().startswith("bearer "):
@@ -315,28 +346,30 @@ class FakeAPNs:
         return ""
 
     async def _by_token(self, token: str, provider_token: str) -> tuple[int, str, dict[str, str]]:
+        if not _HEX.match(token):
+            return 400, "BadDeviceToken", {}
         lower = token.lower()
+        kind = _kind(lower)
+        number = _NUMBER.match(lower)
+        count = int(number[1]) if number and kind in _NUMBERED else 0
         with self._lock:
             attempt = self._attempts[token] = self._attempts.get(token, 0) + 1
-            if lower.startswith("expiredjwt") and token not in self._expired_for:
+            if kind == "expiredjwt" and token not in self._expired_for:
                 self._expired_for.add(token)
                 self._expired_jwts.add(provider_token)
                 return 403, "ExpiredProviderToken", {}
-        if lower.startswith("unregistered"):
+        if kind == "unregistered":
             return 410, "Unregistered", {}
-        if lower.startswith("baddevicetoken"):
+        if kind == "baddevicetoken":
             return 400, "BadDeviceToken", {}
-        if lower.startswith("wrongtopic"):
+        if kind == "wrongtopic":
             return 400, "DeviceTokenNotForTopic", {}
-        if lower.startswith("toomany"):
-            wait = _TOOMANY.match(lower)
-            return 429, "TooManyRequests", {"retry-after": wait[1]} if wait else {}
-        flaky = _FLAKY.match(lower)
-        if flaky and attempt <= int(flaky[1]):
+        if kind == "toomany":
+            return 429, "TooManyRequests", {"retry-after": str(count)} if count else {}
+        if kind == "flaky" and attempt <= count:
             return 503, "ServiceUnavailable", {}
-        slow = _SLOW.match(lower)
-        if slow:
-            await asyncio.sleep(int(slow[1]) / 1000)
+        if kind == "slow":
+            await asyncio.sleep(count / 1000)
         if self.fail_rate and random.random() < self.fail_rate:
             return 503, "ServiceUnavailable", {}
         return 200, "", {}
@@ -434,6 +467,24 @@ def _throwaway_tls() -> tuple[bytes, bytes, bytes]:
     )
     pem = serialization.Encoding.PEM
     return ca.public_bytes(pem), cert.public_bytes(pem), key_pem
+
+
+def device_token(kind: str = "ok", number: int = 0, *, tail: str = "") -> str:
+    """A valid APNs token (64 hex digits) the fake answers as ``kind`` says (``PREFIXES``):
+    ``device_token("flaky", 2)`` fails twice, then succeeds. ``tail`` (hex) makes it unique;
+    a random one by default."""
+    head = PREFIXES[kind] + (f"{number:04d}" if kind in _NUMBERED else "")
+    if kind in _NUMBERED and not 0 <= number <= 9999:
+        raise ValueError(f"{kind} takes a number of 0 to 9999, not {number}")
+    tail = (tail or uuid.uuid4().hex + uuid.uuid4().hex).lower()
+    if not re.fullmatch(r"[0-9a-f]+", tail):
+        raise ValueError(f"the tail of an APNs token is hex digits, not {tail!r}")
+    room = TOKEN_HEX_DIGITS - len(head)
+    return head + tail.rjust(room, "0")[-room:]
+
+
+def _kind(token: str) -> str:
+    return next((kind for kind, prefix in PREFIXES.items() if token.startswith(prefix)), "ok")
 
 
 def new_signing_key() -> str:

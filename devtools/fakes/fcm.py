@@ -11,6 +11,8 @@ answers ``{"name": "projects/{project}/messages/{id}"}``. The device token decid
 
 - ``unregistered…``: 404 ``UNREGISTERED``
 - ``invalid…``: 400 ``INVALID_ARGUMENT`` (not a valid FCM registration token)
+- a character other than letters, digits, ``_``, ``-`` and ``:``, or over 4,096 of them:
+  400 ``INVALID_ARGUMENT`` with Google's generic "Request contains an invalid argument."
 - ``mismatch…``: 403 ``SENDER_ID_MISMATCH``
 - ``quota…``: 429 ``QUOTA_EXCEEDED`` with ``Retry-After: 1``
 - ``flaky-N-…``: 503 ``UNAVAILABLE`` for the first N attempts, then 200
@@ -64,6 +66,8 @@ MAX_PAYLOAD_BYTES = 4096  # FCM's limit on data plus notification for a device m
 _SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 _FLAKY = re.compile(r"^flaky-(\d+)-")
 _SLOW = re.compile(r"^slow-(\d+)-")
+_TOKEN = re.compile(r"[A-Za-z0-9_:-]{1,4096}")  # what FCM's registration tokens are made of
+_INVALID_ARGUMENT = "Request contains an invalid argument."
 _MESSAGE_FIELDS = {"name", "data", "notification", "android", "webpush", "apns", "fcm_options"}
 _TARGETS = ("token", "topic", "condition")
 _FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
@@ -335,11 +339,14 @@ class FakeFCM:
         self, project: str, token: str, attempt: int, validate_only: bool
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         flaky, slow = _FLAKY.match(token), _SLOW.match(token)
-        if token.startswith("unregistered"):
-            return _fcm(404, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found.")
         if token.startswith("invalid"):
             text = "The registration token is not a valid FCM registration token"
             return _fcm(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", text)
+        if not _TOKEN.fullmatch(token):
+            # Google's generic answer, which does not say the token was the argument at fault.
+            return _fcm(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", _INVALID_ARGUMENT)
+        if token.startswith("unregistered"):
+            return _fcm(404, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found.")
         if token.startswith("mismatch"):
             return _fcm(403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "SenderId mismatch")
         if token.startswith("quota"):

@@ -4,12 +4,15 @@ import functools
 import zoneinfo
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from phonenumber_field.serializerfields import PhoneNumberField
 from rest_framework import serializers
 
 from channels.base import Channel
 from notifications.api.fields import RejectUnknownFieldsMixin, StrictCharField
 from notifications.locales import canonical_locale, is_valid_locale
+from preferences import tokens
 from preferences.models import Category, Device, Preference, Recipient, Suppression
 
 
@@ -50,9 +53,31 @@ class RecipientSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer)
         return data  # type: ignore[no-any-return]
 
 
+@extend_schema_field(
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": tokens.MAX_LENGTH,
+        # Both platforms' characters; the platform's own rule is checked with the platform.
+        "pattern": "^[A-Za-z0-9_:-]+$",
+        "description": (
+            f"apns: {tokens.APNS_MIN_HEX_DIGITS} to {tokens.APNS_MAX_HEX_DIGITS} hexadecimal "
+            "digits, an even number (stored in lower case); fcm: the registration token, "
+            f"letters, digits, '_', '-' and ':', at most {tokens.FCM_MAX_LENGTH} characters. "
+            "Never trimmed: whitespace makes a token invalid."
+        ),
+    }
+)
+class DeviceTokenField(StrictCharField):
+    """Length checked on the token as sent: trimming first let a token over maxLength in."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(trim_whitespace=False, max_length=tokens.MAX_LENGTH, **kwargs)
+
+
 class DeviceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
     platform = serializers.ChoiceField(choices=Device.Platform.choices)
-    token = StrictCharField(max_length=4096)
+    token = DeviceTokenField()
     deactivatedAt = serializers.DateTimeField(
         source="deactivated_at", read_only=True, allow_null=True
     )
@@ -74,6 +99,14 @@ class DeviceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  
         # The (platform, token) uniqueness is handled by the service (a token moves to its
         # newest owner), so the automatic unique-together validator must not reject it.
         validators: list[Any] = []
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        try:
+            attrs["token"] = tokens.device_token(attrs["platform"], attrs["token"])
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError({"token": exc.messages}) from exc
+        return attrs
 
 
 class PreferenceRuleSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]

@@ -3,6 +3,7 @@ platform sender whose verdict per token the test sets."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ClassVar
 
 import pytest
@@ -39,9 +40,22 @@ def send_push(device: Device, event: Any, **data: Any) -> tuple[Outcome, Deliver
     return outcome, delivery
 
 
+# A token's readable name, for the tokens apns_token() made.
+_NAMES: dict[str, str] = {}
+
+
+def apns_token(name: str) -> str:
+    """A valid APNs token (64 hex digits, the fake's "good" prefix) standing for ``name``:
+    the same name, the same token. RecordingSender's verdicts and records use the names."""
+    token = "600d" + hashlib.sha256(name.encode()).hexdigest()[:60]
+    _NAMES[token] = name
+    return token
+
+
 class RecordingSender:
     """An APNs stand-in: "dead" → Unregistered, "flaky" → one 503 then fine, "throttled" →
-    429 with Retry-After 30, "misconfigured" → InvalidProviderToken, else sent (recorded)."""
+    429 with Retry-After 30, "misconfigured" → InvalidProviderToken, else sent (recorded).
+    Verdicts, ``sent`` and message ids use the token's name (``apns_token``)."""
 
     platform: ClassVar[str] = "apns"
     name: ClassVar[str] = "fake-apns"
@@ -49,7 +63,8 @@ class RecordingSender:
     sent: ClassVar[list[str]] = []
 
     def send_to_device(self, token: str, message: OutboundMessage) -> str:
-        verdict = self.verdicts.get(token, "ok")
+        name = _NAMES.get(token, token)
+        verdict = self.verdicts.get(name, "ok")
         if verdict == "dead":
             raise PermanentDeliveryError(
                 "Unregistered",
@@ -59,14 +74,14 @@ class RecordingSender:
                 dead_device_tokens=(token,),
             )
         if verdict == "flaky":
-            self.verdicts[token] = "ok"  # fails once, then recovers
+            self.verdicts[name] = "ok"  # fails once, then recovers
             raise TransientDeliveryError("503 Service Unavailable", provider=self.name)
         if verdict == "throttled":
             raise TransientDeliveryError("429", provider=self.name, retry_after=30)
         if verdict == "misconfigured":
             raise ProviderConfigurationError("InvalidProviderToken")
-        self.sent.append(token)
-        return f"apns-id-{token}"
+        self.sent.append(name)
+        return f"apns-id-{name}"
 
     @classmethod
     def check_configuration(cls) -> list[str]:

@@ -30,11 +30,11 @@ from channels.base import (
     TransientDeliveryError,
 )
 from channels.checks import check_providers
-from devtools.fakes.apns import FakeAPNs, new_signing_key
+from devtools.fakes.apns import FakeAPNs, device_token, new_signing_key
 from notifications import services
 from notifications.models import DeliveryStatus, FailedDelivery
 from notifications.services import Outcome
-from notifications.tasks import deliver_push
+from notifications.tasks import deliver_push, deliver_push_batch
 from preferences.models import Device
 from tests.channels.push import queued_push, send_push
 from tests.factories import DeviceFactory
@@ -71,9 +71,10 @@ def fake(settings: Any, fake_apns: FakeAPNs, apns_key: str) -> FakeAPNs:
     return fake_apns
 
 
-def _device(kind: str, recipient: Any = None) -> Device:
+def _device(kind: str, recipient: Any = None, number: int = 0) -> Device:
+    """A device whose token makes the fake answer as ``kind`` says (devtools/fakes/apns.py)."""
     extra = {"recipient": recipient} if recipient is not None else {}
-    token = f"{kind}-{uuid.uuid4().hex[:12]}"
+    token = device_token(kind, number)
     return DeviceFactory(platform=Device.Platform.APNS, token=token, **extra)
 
 
@@ -205,6 +206,76 @@ def test_a_dead_token_is_tried_once_failed_and_deactivated(
     assert not device.active and reason in device.deactivation_reason
 
 
+def _recipient_with_a_legacy_device(legacy: str) -> tuple[Device, Device, Device]:
+    """Two good devices and one whose token was registered before tokens were validated
+    (inserted as such a row is: the registration's rules never saw it)."""
+    first = _device("ok")
+    second = _device("ok", first.recipient)
+    bad = DeviceFactory(platform=Device.Platform.APNS, token=legacy, recipient=first.recipient)
+    return first, second, bad
+
+
+def _assert_only_the_legacy_device_retired(
+    fake: FakeAPNs, delivery: Any, good: tuple[Device, Device], bad: Device
+) -> None:
+    assert delivery.status == DeliveryStatus.SENT
+    for device in good:
+        assert [r["status"] for r in fake.requests_to(device.token)] == [200]
+        assert delivery.results[device.token]["status"] == "sent"
+    assert delivery.results[bad.token]["status"] == "dead"
+    assert not FailedDelivery.objects.exists()
+    bad.refresh_from_db()
+    assert not bad.active and bad.deactivated_at is not None
+    assert bad.deactivation_reason.startswith("APNs ")
+    assert Device.objects.filter(pk__in=[d.pk for d in good], active=True).count() == 2
+
+
+# A token Apple cannot route ("abc/def" is two path segments, ".." none) gets BadPath, an empty
+# one MissingDeviceToken, other malformed ones BadDeviceToken. Each time the device is dead,
+# never our APNS_ENDPOINT's fault.
+LEGACY_TOKENS = ["abc/def", "..", "", "tok\n1", "tök-1", "demo-apns-token"]
+
+
+@pytest.mark.parametrize("legacy", LEGACY_TOKENS)
+def test_a_legacy_invalid_token_retires_its_device_and_the_others_get_the_push(
+    fake, order_shipped, legacy
+):
+    first, second, bad = _recipient_with_a_legacy_device(legacy)
+
+    outcome, delivery = send_push(first, order_shipped)
+
+    assert outcome == Outcome.SENT
+    _assert_only_the_legacy_device_retired(fake, delivery, (first, second), bad)
+    # The next push goes to the two good devices only, and is sent.
+    asked = len(fake.requests)
+    outcome, later = send_push(first, order_shipped)
+    assert outcome == Outcome.SENT
+    assert set(later.results) == {first.token, second.token}
+    assert len(fake.requests) == asked + 2
+
+
+def test_a_legacy_invalid_token_retires_its_device_on_the_batch_path(fake, order_shipped):
+    first, second, bad = _recipient_with_a_legacy_device("abc/def")
+    delivery = queued_push(first.recipient, order_shipped)
+
+    assert deliver_push_batch.apply(args=([delivery.pk],)).get() == {"sent": 1}
+
+    delivery.refresh_from_db()
+    _assert_only_the_legacy_device_retired(fake, delivery, (first, second), bad)
+
+
+def test_bad_path_for_a_valid_token_is_still_the_endpoints_fault(fake, order_shipped, settings):
+    settings.APNS_ENDPOINT = f"{fake.url}/apns"  # a path Apple does not serve
+    device = _device("ok")
+    delivery = queued_push(device.recipient, order_shipped)
+
+    with pytest.raises(ProviderConfigurationError, match=r"BadPath.*check APNS_ENDPOINT"):
+        services.delivery_send(delivery_id=delivery.pk)
+
+    assert [r["reason"] for r in fake.requests if r["path"].startswith("/apns/")][-1] == "BadPath"
+    assert Device.objects.get(pk=device.pk).active
+
+
 def test_a_payload_too_large_fails_the_notification_but_keeps_the_device(fake, order_shipped):
     device = _device("ok")
 
@@ -220,7 +291,7 @@ def test_a_payload_too_large_fails_the_notification_but_keeps_the_device(fake, o
 
 def test_a_503_is_retried_without_resending_to_devices_already_reached(fake, order_shipped):
     reached = _device("ok")
-    flaky = _device("flaky-1", reached.recipient)
+    flaky = _device("flaky", reached.recipient, 1)
     delivery = queued_push(reached.recipient, order_shipped)
 
     with pytest.raises(TransientDeliveryError) as raised:
@@ -242,7 +313,7 @@ def test_a_503_is_retried_without_resending_to_devices_already_reached(fake, ord
 
 
 def test_a_429_with_retry_after_holds_the_delivery_that_long(fake, order_shipped):
-    device = _device("toomany-120")
+    device = _device("toomany", number=120)
     delivery = queued_push(device.recipient, order_shipped)
 
     with pytest.raises(TransientDeliveryError) as raised:
@@ -260,7 +331,7 @@ def test_a_429_with_retry_after_holds_the_delivery_that_long(fake, order_shipped
 
 def test_a_timeout_is_transient_and_the_connection_stays_usable(fake, order_shipped, settings):
     settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS = 0.3
-    slow = _device("slow-3000")
+    slow = _device("slow", number=3000)
     delivery = queued_push(slow.recipient, order_shipped)
 
     started = time.monotonic()
@@ -396,7 +467,7 @@ def push_worker(
 ) -> Iterator[WorkerProcess]:
     folder = standalone_apns["folder"]
     with running_worker(
-        "push",
+        "push,push.bulk",  # both lanes, as make run and docker-compose start it
         tmp_path_factory.mktemp("apns-worker"),
         NOTIFY_PROVIDER_PUSH="channels.push.PushProvider",
         NOTIFY_PUSH_APNS="channels.apns.APNsSender",
@@ -418,7 +489,7 @@ def test_a_real_push_worker_sends_and_retries_a_503_once(
 ):
     _point_at(settings, standalone_apns["url"], str(standalone_apns["folder"] / "ca.pem"), apns_key)
     reached = _device("ok")
-    flaky = _device("flaky-1", reached.recipient)
+    flaky = _device("flaky", reached.recipient, 1)
 
     response = api_client.post(
         "/api/notify",
@@ -454,6 +525,61 @@ def test_a_real_push_worker_sends_and_retries_a_503_once(
     assert [r["token"] for r in logged] == [r["token"] for r in seen]
 
 
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_real_push_worker_retires_a_legacy_token_on_both_lanes(
+    api_client, order_shipped, push_worker, standalone_apns, settings, apns_key
+):
+    """The issue's case: two good devices and one "abc/def" registered before validation."""
+    _point_at(settings, standalone_apns["url"], str(standalone_apns["folder"] / "ca.pem"), apns_key)
+    single = _recipient_with_a_legacy_device("abc/def")
+    bulk = _recipient_with_a_legacy_device("legacy/bulk")
+
+    response = api_client.post(
+        "/api/notify",
+        {"userId": single[0].recipient.external_id, "event": "order_shipped", "channels": ["push"]},
+        format="json",
+    )
+    assert response.status_code == 202, response.content
+    # The bulk lane's task, as a broadcast page publishes it.
+    batched = queued_push(bulk[0].recipient, order_shipped)
+    deliver_push_batch.apply_async(args=([batched.pk],), queue="push.bulk")
+
+    settled = [
+        wait_for(
+            lambda: settled_delivery(response.json()["id"], "push"),
+            timeout=60,
+            what="the single push to settle",
+        ),
+        wait_for(
+            lambda: settled_delivery(str(batched.notification_id), "push"),
+            timeout=60,
+            what="the batched push to settle",
+        ),
+    ]
+    seen = httpx.get(
+        f"{standalone_apns['url']}/_fake/requests",
+        verify=ssl.create_default_context(cafile=standalone_apns["folder"] / "ca.pem"),
+        timeout=5,
+    ).json()
+    for delivery, (first, second, bad) in zip(settled, (single, bulk), strict=True):
+        assert delivery.status == DeliveryStatus.SENT, delivery.history
+        assert {t: r["status"] for t, r in delivery.results.items()} == {
+            first.token: "sent",
+            second.token: "sent",
+            bad.token: "dead",
+        }
+        for device in (first, second):
+            assert [r["status"] for r in seen if r["token"] == device.token] == [200]
+        bad.refresh_from_db()
+        assert (
+            not bad.active
+            and bad.deactivated_at is not None
+            and "BadPath" in (bad.deactivation_reason)
+        )
+    assert not FailedDelivery.objects.exists()
+
+
 def test_concurrent_sends_reach_each_device_exactly_once(fake, order_shipped, settings):
     """A push batch's threads each borrow their own connection (httpcore's sync HTTP/2
     connection is not thread-safe: shared, it duplicated and lost streams under load)."""
@@ -467,7 +593,7 @@ def test_concurrent_sends_reach_each_device_exactly_once(fake, order_shipped, se
         destination=Destination(recipient_id=1, external_id="u-1"),
         content={"title": "Shipped", "body": "On its way."},
     )
-    tokens = [f"ok-{i:03d}-{uuid.uuid4().hex[:8]}" for i in range(160)]
+    tokens = [device_token() for _ in range(160)]
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
             ids = list(pool.map(lambda token: sender.send_to_device(token, outbound), tokens))

@@ -20,7 +20,7 @@ import pytest
 
 from channels import apns
 from channels.base import Destination, OutboundMessage, TransientDeliveryError
-from devtools.fakes.apns import FakeAPNs, new_signing_key
+from devtools.fakes.apns import FakeAPNs, device_token, new_signing_key
 from notifications.models import DeliveryStatus
 from notifications.services import Outcome
 from preferences.models import Device
@@ -91,7 +91,7 @@ def test_a_busy_connection_past_a_thousand_requests_gets_every_answer(default_fa
     """Fails on the fake as it was (hypercorn's default limit): request 1,001 is accepted by
     the fake, and the sender reports a transient error, so the retry delivers it twice."""
     sender = apns.APNsSender()
-    tokens = [f"busy-{i:04d}" for i in range(HYPERCORN_DEFAULT_MAX_REQUESTS + 10)]
+    tokens = [device_token(tail=f"{i:x}") for i in range(HYPERCORN_DEFAULT_MAX_REQUESTS + 10)]
 
     for token in tokens:
         assert sender.send_to_device(token, _message(token))  # an apns-id, never an error
@@ -103,11 +103,12 @@ def test_a_busy_connection_past_a_thousand_requests_gets_every_answer(default_fa
 
 def test_a_goaway_over_a_request_in_flight_says_it_may_have_been_accepted(retiring_fake):
     sender = apns.APNsSender()
-    for token in ("a", "b", "c"):
-        sender.send_to_device(f"retire-{token}", _message(f"retire-{token}"))
+    a, b, c, d, e = (device_token() for _ in range(5))
+    for token in (a, b, c):
+        sender.send_to_device(token, _message(token))
 
     with pytest.raises(TransientDeliveryError) as raised:
-        sender.send_to_device("retire-d", _message("retire-d"))
+        sender.send_to_device(d, _message(d))
 
     # The GOAWAY names this request as taken; whether the fake then handled it (accepted it,
     # or found its body missing) depends on whether the body arrived before the GOAWAY went
@@ -116,19 +117,16 @@ def test_a_goaway_over_a_request_in_flight_says_it_may_have_been_accepted(retiri
     assert "may have been accepted" in str(raised.value)
     assert "last_stream_id:7" in str(raised.value)  # the 4th stream: this very request
     # The next send opens a new connection and gets its answer.
-    assert sender.send_to_device("retire-e", _message("retire-e"))
+    assert sender.send_to_device(e, _message(e))
     clients = {record["token"]: record["client"] for record in retiring_fake.requests}
-    assert clients["retire-a"] == clients["retire-c"] != clients["retire-e"]
+    assert clients[a] == clients[c] != clients[e]
 
 
 @pytest.mark.django_db
 def test_a_push_retried_after_such_a_goaway_records_why_in_its_history(
     retiring_fake, order_shipped
 ):
-    devices = [
-        DeviceFactory(platform=Device.Platform.APNS, token=f"ok-{uuid.uuid4().hex[:12]}")
-        for _ in range(4)
-    ]
+    devices = [DeviceFactory(platform=Device.Platform.APNS, token=device_token()) for _ in range(4)]
     for device in devices[:3]:
         outcome, delivery = send_push(device, order_shipped)
         assert outcome == Outcome.SENT, delivery.history

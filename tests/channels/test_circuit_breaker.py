@@ -138,7 +138,7 @@ def test_an_open_circuit_defers_sms_without_calling_twilio_or_spending_attempts(
 def test_a_paused_push_platform_keeps_what_other_attempts_reached(
     breaker, push_sender, order_shipped
 ):
-    recipient = DeviceFactory(platform="apns", token="tok-1").recipient
+    recipient = DeviceFactory(platform="apns").recipient
     delivery = queued_push(recipient, order_shipped)
     _fail(push_sender.name, 3)
 

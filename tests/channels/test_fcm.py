@@ -177,6 +177,31 @@ def test_one_dead_device_does_not_stop_the_others(fake, order_shipped):
     assert not Device.objects.get(pk=dead.pk).active
 
 
+@pytest.mark.parametrize("legacy", ["abc/def", "tok en", "tok\n1", "tök-1"])
+def test_a_legacy_invalid_token_retires_its_device_and_the_others_get_the_push(
+    fake, order_shipped, legacy
+):
+    # Registered before tokens were validated; FCM's answer does not say the token was at fault.
+    first = _device("ok")
+    second = _device("ok", first.recipient)
+    bad = DeviceFactory(platform=Device.Platform.FCM, token=legacy, recipient=first.recipient)
+
+    outcome, delivery = send_push(first, order_shipped)
+
+    assert outcome == Outcome.SENT
+    assert [r["status"] for r in fake.sends(bad.token)] == [400]
+    assert delivery.results[bad.token]["status"] == "dead"
+    assert "INVALID_ARGUMENT" in delivery.results[bad.token]["error"]
+    for device in (first, second):
+        assert [r["status"] for r in fake.sends(device.token)] == [200]
+    assert not FailedDelivery.objects.exists()
+    bad.refresh_from_db()
+    assert not bad.active and bad.deactivated_at is not None
+    outcome, later = send_push(first, order_shipped)
+    assert outcome == Outcome.SENT
+    assert set(later.results) == {first.token, second.token}
+
+
 def test_a_refused_message_fails_but_keeps_the_device(fake, order_shipped):
     device = _device("ok")
     delivery = queued_push(device.recipient, order_shipped, body="x" * 5000)

@@ -24,10 +24,7 @@ def test_devices_past_the_budget_wait_for_the_next_attempt(push_sender, order_sh
     settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS = 3
     settings.NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS = 1
     recipient = RecipientFactory()
-    devices = [
-        DeviceFactory(recipient=recipient, platform=Device.Platform.APNS, token=f"ok-{i}")
-        for i in range(2)
-    ]
+    devices = [DeviceFactory(recipient=recipient, platform=Device.Platform.APNS) for i in range(2)]
     delivery = queued_push(recipient, order_shipped)
     push_sender.sent.clear()
 

@@ -18,6 +18,7 @@ from notifications.tasks import (
     deliver_push_batch,
 )
 from preferences.models import Device, Suppression
+from tests.channels.push import apns_token
 from tests.factories import CategoryFactory, DeviceFactory, PreferenceFactory, RecipientFactory
 from tests.notifications import broadcasting
 from tests.notifications.broadcasting import fan_out, start_broadcast
@@ -27,11 +28,12 @@ pytestmark = pytest.mark.django_db
 
 
 def _push_broadcast(news, tokens: list[str]) -> dict[str, int]:
-    """A push broadcast to one recipient per token, fanned out: {token: delivery id}."""
+    """A push broadcast to one recipient per token name (tests/channels/push.py apns_token),
+    fanned out: {name: delivery id}."""
     users = {}
     for token in tokens:
         users[token] = RecipientFactory()
-        DeviceFactory(recipient=users[token], platform="apns", token=token)
+        DeviceFactory(recipient=users[token], platform="apns", token=apns_token(token))
     broadcast_id = start_broadcast(
         news, {"userIds": [u.external_id for u in users.values()]}, channels=["push"]
     )
@@ -55,7 +57,7 @@ def test_sent_transient_and_permanent_in_one_batch_each_as_if_single(news, push_
     assert counts == {"sent": 1, "retry": 1, "failed": 1}
     fine, flaky, dead = (Delivery.objects.get(pk=ids[t]) for t in ("fine", "flaky", "dead"))
     assert (fine.status, fine.provider_message_id, fine.attempts) == ("sent", "apns-id-fine", 1)
-    assert fine.results == {"fine": {"status": "sent", "messageId": "apns-id-fine"}}
+    assert fine.results == {apns_token("fine"): {"status": "sent", "messageId": "apns-id-fine"}}
     # Transient: back to queued with the error recorded and a lease covering the retry wait.
     assert (flaky.status, flaky.attempts) == ("queued", 1)
     assert flaky.history[-1]["transient"] is True and "503" in flaky.last_error
@@ -63,7 +65,7 @@ def test_sent_transient_and_permanent_in_one_batch_each_as_if_single(news, push_
     # Permanent: failed, dead-lettered, the dead token's device retired.
     assert (dead.status, dead.reason) == ("failed", "Unregistered")
     assert FailedDelivery.objects.get(delivery=dead).task_name.endswith("deliver_push_batch")
-    device = Device.objects.get(token="dead")
+    device = Device.objects.get(token=apns_token("dead"))
     assert not device.active and device.deactivation_reason
     # The transient one alone is retried as a single task, on the bulk lane, already counted
     # as its first retry so the retry budget is the single path's.
@@ -153,7 +155,7 @@ def test_send_time_checks_are_the_single_paths(news, push_sender):
     recipient = Delivery.objects.get(pk=ids["opted-out"]).notification.recipient
     PreferenceFactory(recipient=recipient, channel="push", enabled=False)
     Delivery.objects.get(pk=ids["erased"]).notification.recipient.delete()
-    Device.objects.filter(token="no-more-device").update(active=False)
+    Device.objects.filter(token=apns_token("no-more-device")).update(active=False)
 
     result = batches.deliveries_send_batch(delivery_ids=list(ids.values()), channel="push")
 

@@ -22,6 +22,7 @@ from notifications.models import (
 from notifications.services import Outcome
 from notifications.tasks import deliver_email, deliver_push
 from preferences.models import Device, Suppression
+from tests.channels.push import apns_token
 from tests.factories import DeliveryFactory, DeviceFactory, PreferenceFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
@@ -113,7 +114,7 @@ def test_erased_recipient_is_skipped(order_shipped):
 
 
 def test_permanent_error_fails_dead_letters_and_deactivates_the_device(order_shipped, push_sender):
-    device = DeviceFactory(platform=Device.Platform.APNS, token="t-dead")
+    device = DeviceFactory(platform=Device.Platform.APNS, token=apns_token("t-dead"))
     push_sender.verdicts["t-dead"] = "dead"
     delivery = DeliveryFactory(
         notification__recipient=device.recipient, notification__event=order_shipped, channel="push"
@@ -123,7 +124,7 @@ def test_permanent_error_fails_dead_letters_and_deactivates_the_device(order_shi
 
     delivery.refresh_from_db()
     assert (delivery.status, delivery.reason) == (DeliveryStatus.FAILED, "Unregistered")
-    assert delivery.results["t-dead"]["status"] == "dead"
+    assert delivery.results[apns_token("t-dead")]["status"] == "dead"
     letter = FailedDelivery.objects.get(delivery=delivery)
     assert letter.attempts == 1 and letter.task_name == "t"
     assert "410" in letter.error_message
@@ -134,8 +135,10 @@ def test_permanent_error_fails_dead_letters_and_deactivates_the_device(order_shi
 
 
 def test_one_dead_device_does_not_fail_the_others(order_shipped, push_sender):
-    good = DeviceFactory(platform=Device.Platform.APNS, token="t-good")
-    dead = DeviceFactory(platform=Device.Platform.APNS, token="t-dead", recipient=good.recipient)
+    good = DeviceFactory(platform=Device.Platform.APNS, token=apns_token("t-good"))
+    dead = DeviceFactory(
+        platform=Device.Platform.APNS, token=apns_token("t-dead"), recipient=good.recipient
+    )
     fcm = DeviceFactory(platform=Device.Platform.FCM, token="t-fcm", recipient=good.recipient)
     push_sender.verdicts["t-dead"] = "dead"
     delivery = DeliveryFactory(
@@ -146,8 +149,11 @@ def test_one_dead_device_does_not_fail_the_others(order_shipped, push_sender):
 
     delivery.refresh_from_db()
     assert delivery.results == {
-        "t-good": {"status": "sent", "messageId": "apns-id-t-good"},
-        "t-dead": {"status": "dead", "error": "fake-apns 410 code Unregistered: Unregistered"},
+        apns_token("t-good"): {"status": "sent", "messageId": "apns-id-t-good"},
+        apns_token("t-dead"): {
+            "status": "dead",
+            "error": "fake-apns 410 code Unregistered: Unregistered",
+        },
     }
     assert delivery.provider == "fake-apns"
     # FCM is not configured here, so its device is neither tried nor deactivated.
@@ -157,8 +163,8 @@ def test_one_dead_device_does_not_fail_the_others(order_shipped, push_sender):
 
 
 def test_a_retry_only_resends_to_devices_not_yet_reached(order_shipped, push_sender):
-    first = DeviceFactory(platform=Device.Platform.APNS, token="t-1")
-    DeviceFactory(platform=Device.Platform.APNS, token="t-2", recipient=first.recipient)
+    first = DeviceFactory(platform=Device.Platform.APNS, token=apns_token("t-1"))
+    DeviceFactory(platform=Device.Platform.APNS, token=apns_token("t-2"), recipient=first.recipient)
     push_sender.verdicts["t-2"] = "flaky"
     delivery = DeliveryFactory(
         notification__recipient=first.recipient, notification__event=order_shipped, channel="push"
@@ -168,18 +174,18 @@ def test_a_retry_only_resends_to_devices_not_yet_reached(order_shipped, push_sen
         services.delivery_send(delivery_id=delivery.pk)
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.QUEUED
-    assert delivery.results == {"t-1": {"status": "sent", "messageId": "apns-id-t-1"}}
+    assert delivery.results == {apns_token("t-1"): {"status": "sent", "messageId": "apns-id-t-1"}}
 
     assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SENT
 
     assert push_sender.sent == ["t-1", "t-2"]  # t-1 exactly once
     delivery.refresh_from_db()
-    assert set(delivery.results) == {"t-1", "t-2"}
+    assert set(delivery.results) == {apns_token("t-1"), apns_token("t-2")}
     assert delivery.attempts == 2
 
 
 def test_transient_error_requeues_with_a_lease_and_reraises(order_shipped, push_sender, settings):
-    device = DeviceFactory(platform=Device.Platform.APNS, token="t-flaky")
+    device = DeviceFactory(platform=Device.Platform.APNS, token=apns_token("t-flaky"))
     push_sender.verdicts["t-flaky"] = "flaky"
     delivery = DeliveryFactory(
         notification__recipient=device.recipient, notification__event=order_shipped, channel="push"
@@ -201,7 +207,7 @@ def test_transient_error_requeues_with_a_lease_and_reraises(order_shipped, push_
 
 
 def test_configuration_error_in_a_task_goes_to_the_dead_letter_table(order_shipped, push_sender):
-    device = DeviceFactory(platform=Device.Platform.APNS, token="t-conf")
+    device = DeviceFactory(platform=Device.Platform.APNS, token=apns_token("t-conf"))
     push_sender.verdicts["t-conf"] = "misconfigured"
     delivery = DeliveryFactory(
         notification__recipient=device.recipient, notification__event=order_shipped, channel="push"
@@ -293,8 +299,10 @@ def test_dead_letter_leaves_finished_deliveries_alone(order_shipped):
 def test_a_configuration_error_mid_fan_out_keeps_the_devices_already_reached(
     order_shipped, push_sender
 ):
-    first = DeviceFactory(platform=Device.Platform.APNS, token="t-ok")
-    DeviceFactory(platform=Device.Platform.APNS, token="t-conf", recipient=first.recipient)
+    first = DeviceFactory(platform=Device.Platform.APNS, token=apns_token("t-ok"))
+    DeviceFactory(
+        platform=Device.Platform.APNS, token=apns_token("t-conf"), recipient=first.recipient
+    )
     push_sender.verdicts["t-conf"] = "misconfigured"
     delivery = DeliveryFactory(
         notification__recipient=first.recipient, notification__event=order_shipped, channel="push"
@@ -304,7 +312,7 @@ def test_a_configuration_error_mid_fan_out_keeps_the_devices_already_reached(
 
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.FAILED
-    assert delivery.results == {"t-ok": {"status": "sent", "messageId": "apns-id-t-ok"}}
+    assert delivery.results == {apns_token("t-ok"): {"status": "sent", "messageId": "apns-id-t-ok"}}
 
 
 def test_a_database_outage_outlasting_the_retries_leaves_the_delivery_to_the_sweep(

@@ -48,8 +48,8 @@ def test_recipient_change_page_shows_devices_and_preferences_inline(admin_client
     assert formsets["preferences"].formset.queryset.count() == 1
 
 
-def test_recipient_add_saves_with_an_inline_device(admin_client):
-    response = admin_client.post(
+def _add_carol_with_a_device(admin_client, platform, token):
+    return admin_client.post(
         reverse("admin:preferences_recipient_add"),
         {
             "external_id": "carol",
@@ -59,17 +59,34 @@ def test_recipient_add_saves_with_an_inline_device(admin_client):
             "timezone": "",
             "devices-TOTAL_FORMS": "1",
             "devices-INITIAL_FORMS": "0",
-            "devices-0-platform": "apns",
-            "devices-0-token": "carol-token",
+            "devices-0-platform": platform,
+            "devices-0-token": token,
             "devices-0-active": "on",
             "preferences-TOTAL_FORMS": "0",
             "preferences-INITIAL_FORMS": "0",
         },
     )
 
+
+def test_recipient_add_saves_with_an_inline_device(admin_client):
+    response = _add_carol_with_a_device(admin_client, "apns", "C0FFEE" * 10 + "ABCD")
+
     assert response.status_code == 302, response.context["errors"] if response.context else ""
     carol = Recipient.objects.get(external_id="carol")
-    assert list(carol.devices.values_list("token", flat=True)) == ["carol-token"]
+    # APNs tokens are stored in lower case, whoever registers them (preferences/tokens.py).
+    assert list(carol.devices.values_list("token", flat=True)) == ["c0ffee" * 10 + "abcd"]
+
+
+@pytest.mark.parametrize(
+    ("platform", "token"), [("apns", "carol-token"), ("apns", "abc/def"), ("fcm", "a b")]
+)
+def test_the_admin_refuses_a_token_its_platform_cannot_have(admin_client, platform, token):
+    response = _add_carol_with_a_device(admin_client, platform, token)
+
+    assert response.status_code == 200  # the form again, with the error
+    (errors,) = [form.errors for form in response.context["inline_admin_formsets"][0].formset]
+    assert "token" in errors
+    assert not Recipient.objects.filter(external_id="carol").exists()
 
 
 def test_device_changelist_filters_and_searches(admin_client):
@@ -78,7 +95,7 @@ def test_device_changelist_filters_and_searches(admin_client):
     dead_apns = DeviceFactory(
         recipient=RecipientFactory(external_id="bob"),
         platform=Device.Platform.APNS,
-        token="apns-1",
+        token="600d" + "0" * 59 + "1",
         active=False,
     )
     url = reverse("admin:preferences_device_changelist")
@@ -89,7 +106,7 @@ def test_device_changelist_filters_and_searches(admin_client):
 
     assert _result_pks(admin_client.get(url, {"platform__exact": "apns"})) == {dead_apns.pk}
     assert _result_pks(admin_client.get(url, {"active__exact": "1"})) == {active_fcm.pk}
-    assert _result_pks(admin_client.get(url, {"q": "apns-1"})) == {dead_apns.pk}
+    assert _result_pks(admin_client.get(url, {"q": "600d000"})) == {dead_apns.pk}
     assert _result_pks(admin_client.get(url, {"q": "alice"})) == {active_fcm.pk}
 
 

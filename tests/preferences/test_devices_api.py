@@ -60,8 +60,8 @@ def test_registering_the_same_token_again_returns_the_same_device(api_client, an
 
 
 def test_the_same_token_on_another_platform_is_another_device(api_client, ana):
-    fcm = register(api_client, "ana", platform="fcm", token="same")
-    apns = register(api_client, "ana", platform="apns", token="same")
+    fcm = register(api_client, "ana", platform="fcm", token="ab" * 32)
+    apns = register(api_client, "ana", platform="apns", token="ab" * 32)
 
     assert fcm.status_code == apns.status_code == 201
     assert fcm.json()["id"] != apns.json()["id"]
@@ -133,6 +133,81 @@ def test_invalid_registration(api_client, ana, body, field):
     error = assert_error(response, 400, "validation_error")
     assert set(error["fields"]) == {field}
     assert not Device.objects.exists()
+
+
+APNS = "0123456789abcdef" * 4  # 64 hex digits, like Apple's tokens today
+
+
+@pytest.mark.parametrize(
+    ("platform", "token"),
+    [
+        ("apns", "abc/def"),
+        ("apns", APNS[:-2] + "/0"),
+        ("apns", APNS[:32] + "\n" + APNS[33:]),
+        ("apns", APNS + "\n"),  # trailing whitespace is refused, not trimmed
+        (" apns", APNS),
+        ("apns", " " + APNS),
+        ("apns", APNS[:-1] + "\x07"),  # a control character
+        ("apns", APNS[:-1] + "\x00"),
+        ("apns", APNS[:-1] + "é"),  # non-ASCII
+        ("apns", APNS[:-2] + "٣٣"),  # digits, but not ASCII ones
+        ("apns", APNS[:-2]),  # 62 digits: too short
+        ("apns", "ab" * 101),  # 202 digits: too long
+        ("apns", APNS + "a"),  # an odd number of digits
+        ("apns", APNS[:-1] + "g"),  # not hexadecimal
+        ("apns", "unregistered-" + APNS),
+        ("fcm", "abc/def"),
+        ("fcm", "fcm token"),
+        ("fcm", "fcm-token\n"),
+        ("fcm", "fcm\ttoken"),
+        ("fcm", "fcm-tökén"),
+        ("fcm", "fcm+token="),  # base64's other characters are not in FCM's alphabet
+        ("fcm", "a" * 4097),
+        ("fcm", "a" * 4095 + "  "),  # over maxLength before trimming (schemathesis found it)
+    ],
+)
+def test_a_token_its_platform_cannot_have_is_refused(api_client, ana, platform, token):
+    response = api_client.post(
+        "/api/recipients/ana/devices", {"platform": platform, "token": token}, format="json"
+    )
+
+    error = assert_error(response, 400, "validation_error")
+    assert set(error["fields"]) == {"token" if platform in ("apns", "fcm") else "platform"}
+    assert not Device.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("platform", "token"),
+    [
+        ("apns", APNS),
+        ("apns", "ab" * 100),  # Apple says the length may grow: up to 200 digits
+        ("fcm", "dGhpcyBpcyBub3Q:APA91bH-x_y" + "z" * 140),
+        ("fcm", "a" * 4096),
+    ],
+)
+def test_a_token_of_the_platforms_form_is_registered_as_sent(api_client, ana, platform, token):
+    response = register(api_client, "ana", platform=platform, token=token)
+
+    assert response.status_code == 201, response.content
+    assert response.json()["token"] == token
+    assert Device.objects.get().token == token
+
+
+def test_an_apns_token_is_stored_in_lower_case_so_it_is_one_device(api_client, ana):
+    first = register(api_client, "ana", platform="apns", token=APNS.upper())
+    again = register(api_client, "ana", platform="apns", token=APNS)
+
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["token"] == again.json()["token"] == APNS
+    assert Device.objects.get().token == APNS
+
+
+def test_the_schema_says_what_the_token_field_takes(api_client):
+    schema = api_client.get("/api/schema/", {"format": "json"}).json()
+    token = schema["components"]["schemas"]["Device"]["properties"]["token"]
+
+    assert (token["minLength"], token["maxLength"]) == (1, 4096)
+    assert token["pattern"] == "^[A-Za-z0-9_:-]+$"
 
 
 def test_a_caller_cannot_register_a_device_as_inactive(api_client, ana):

@@ -6,15 +6,19 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from preferences.models import Device, Recipient
+from preferences.services import device_register
 
 # What the local fakes (devtools/fakes/) deliver: their answer depends on the address, number or
 # token, and none of these asks for a failure. The phone is outside the Twilio fake's +1555010xxxx
 # failure numbers, and (unlike those) a valid number, so the admin and the API accept it too.
 DEMO_EMAIL = "demo@example.com"
 DEMO_PHONE = "+14155550100"
+# The APNs token is 64 hex digits like Apple's, after the APNs fake's "good" prefix 600d.
+DEMO_APNS_DEVICE = "600d" + "de70" * 15
+DEMO_FCM_DEVICE = "demo-fcm-token"
 DEMO_DEVICES = (
-    (Device.Platform.APNS, "demo-apns-token"),
-    (Device.Platform.FCM, "demo-fcm-token"),
+    (Device.Platform.APNS, DEMO_APNS_DEVICE),
+    (Device.Platform.FCM, DEMO_FCM_DEVICE),
 )
 
 
@@ -31,15 +35,7 @@ class Command(BaseCommand):
             defaults={"email": DEMO_EMAIL, "phone": DEMO_PHONE, "locale": "en"},
         )
         for platform, token in DEMO_DEVICES:
-            # Reactivated on every run: a demo that pruned its own device should not stay broken.
-            Device.objects.update_or_create(
-                platform=platform,
-                token=token,
-                defaults={
-                    "recipient": recipient,
-                    "active": True,
-                    "deactivated_at": None,
-                    "deactivation_reason": "",
-                },
-            )
+            # The API's own registration (token rules included), which also reactivates: a
+            # demo that pruned its own device should not stay broken.
+            device_register(recipient=recipient, platform=platform, token=token)
         self.stdout.write("demo recipient 'demo-user' ready")
