@@ -30,6 +30,7 @@ from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import URLPattern
 from django.views import View
+from django.views.decorators.csrf import csrf_exempt
 
 from channels.base import Channel
 from channels.email import esp_provider_name
@@ -89,8 +90,11 @@ def _hardened(view: Callable[..., HttpResponse], provider: str) -> Callable[...,
         (_AnsweringInOurShape, anymail_view),
         {"content_type": _CONTENT_TYPES.get(provider)},
     )
-    return _only_with_webhook_secret(
-        answering_unreadable_with_4xx(answering.as_view(**view.view_initkwargs))  # type: ignore[attr-defined]
+    # csrf_exempt again: anymail marks its dispatch(), which the mixin's dispatch() overrides.
+    return csrf_exempt(
+        _only_with_webhook_secret(
+            answering_unreadable_with_4xx(answering.as_view(**view.view_initkwargs))  # type: ignore[attr-defined]
+        )
     )
 
 
