@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NoReturn
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMultiAlternatives, get_connection
+from django.utils.module_loading import import_string
 
 from channels import email_batch
 from channels.base import (
@@ -129,6 +130,10 @@ class EmailProvider:
                 "ANYMAIL_WEBHOOK_SECRET is not set: the tracking webhook at /webhooks/anymail/"
                 f"{esp_provider_name(esp_name)}/tracking/ would accept unauthenticated posts."
             )
+        else:
+            from channels.webhooks.anymail import tracking_webhook_problems  # imports this module
+
+            problems.extend(tracking_webhook_problems(esp_name))
         return problems
 
 
@@ -191,6 +196,21 @@ def _send_on_kept_connection(email: EmailMultiAlternatives, key: Hashable) -> No
         with _connections.borrow(key) as connection:
             email.connection = connection
             email.send()
+
+
+def configured_esp_name() -> str | None:
+    """The anymail ESP EMAIL_BACKEND names ("Postmark", "Amazon SES"), or None for SMTP, the
+    console and a backend that cannot be imported (the system check reports that one).
+
+    Read from the backend class, not an instance: building one demands the ESP's credentials,
+    and the URLconf asks this at import, where an exception would make every URL a 500.
+    """
+    try:
+        backend = import_string(settings.EMAIL_BACKEND)
+    except (ImportError, ImproperlyConfigured):  # e.g. Amazon SES without boto3
+        return None
+    esp_name = getattr(backend, "esp_name", None)
+    return esp_name if isinstance(esp_name, str) else None
 
 
 def esp_provider_name(esp_name: str) -> str:

@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path, register_converter
+from django.urls.converters import get_converters
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from notifications.api import broadcasts as broadcast_views
@@ -21,7 +22,8 @@ class UserIdConverter:
         return value
 
 
-register_converter(UserIdConverter, "user_id")
+if "user_id" not in get_converters():  # the URLconf is rebuilt when the webhook routes change
+    register_converter(UserIdConverter, "user_id")
 
 api = [
     path("notify", notification_views.NotifyView.as_view(), name="notify"),

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from django.conf import settings
+from django.dispatch import receiver
+from django.test.signals import setting_changed
+from django.urls import clear_url_caches
 from kombu import Connection, Queue
 from kombu.message import Message
 from rest_framework.test import APIClient
@@ -20,6 +24,20 @@ from tests.factories import CategoryFactory, EventFactory, TemplateFactory, crea
 from tests.workers import WorkerProcess, broker_queues, purge_broker, running_workers
 
 QUEUES = ("push", "email", "sms", "inapp", "maintenance")
+
+
+@receiver(setting_changed, dispatch_uid="tests.webhook_routes_follow_email_backend")
+def _webhook_routes_follow_email_backend(*, setting: str, **kwargs: Any) -> None:
+    """The webhook routes are built from EMAIL_BACKEND when the URLconf loads (channels/urls.py):
+    a test that sets it, and the restore after it, get the routes a deployment would have."""
+    if setting == "EMAIL_BACKEND":
+        reload_urlconf()
+
+
+def reload_urlconf() -> None:
+    importlib.reload(importlib.import_module("channels.urls"))
+    importlib.reload(importlib.import_module(settings.ROOT_URLCONF))
+    clear_url_caches()
 
 
 class Broker:

@@ -4,19 +4,31 @@ Both are signed with X-Twilio-Signature (HMAC-SHA1 of the URL Twilio called plus
 POST parameters, keyed by the account's Auth Token); the SDK's RequestValidator checks it in
 constant time. The URL must be the public one Twilio used, so it comes from settings: behind a
 proxy, what Django rebuilds (scheme, host, port) often differs from it.
+
+Whatever is refused (a wrong method or media type, no or a bad signature, a body we cannot
+read, a missing field) is a 4xx in the API's error shape (channels/webhooks/errors.py).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
+from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 
 from channels.base import Channel
 from channels.sms import PROVIDER
+from channels.webhooks.errors import (
+    MalformedWebhook,
+    answering_unreadable_with_4xx,
+    method_not_allowed,
+    refuse,
+    text_field,
+)
 from notifications.models import DeliveryStatus
 from notifications.services import Receipt, delivery_receipt_apply
 from preferences.models import Suppression
@@ -46,29 +58,63 @@ DEAD_NUMBER_RECEIPT_CODES: dict[str, str] = {
 STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
 START_KEYWORDS = frozenset({"START", "UNSTOP", "YES"})
 _EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+# A Message SID: "SM" (SMS) or "MM" (MMS) and 32 hex digits.
+_MESSAGE_SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
+_FORM = "application/x-www-form-urlencoded"
+_MAX_FIELD = 1600  # Twilio's longest field, Body, is at most 1,600 characters
 
 
-@csrf_exempt
-@require_POST
-def status_callback(request: HttpRequest) -> HttpResponse:
-    if not _signed(request, settings.TWILIO_STATUS_CALLBACK_URL):
-        return HttpResponseForbidden()
-    params = request.POST
+def _twilio_webhook(
+    public_url: Callable[[], str],
+) -> Callable[[Callable[[HttpRequest, QueryDict], HttpResponse]], Callable[..., HttpResponse]]:
+    """POST, form-encoded, signed, readable: each refused with its own 4xx before the view."""
+
+    def decorate(
+        view: Callable[[HttpRequest, QueryDict], HttpResponse],
+    ) -> Callable[..., HttpResponse]:
+        @csrf_exempt
+        @functools.wraps(view)
+        @answering_unreadable_with_4xx
+        def checked(request: HttpRequest) -> HttpResponse:
+            if request.method != "POST":
+                return method_not_allowed(request, ["POST"])
+            if request.content_type != _FORM:
+                return refuse(request, 415, "unsupported_media_type", f"Expected {_FORM}.")
+            if not _signed(request, public_url()):
+                return refuse(request, 403, "forbidden", "Missing or invalid X-Twilio-Signature.")
+            for name, values in request.POST.lists():
+                for value in values:
+                    text_field(value, field=name, max_length=_MAX_FIELD)
+            return view(request, request.POST)
+
+        return checked
+
+    return decorate
+
+
+@_twilio_webhook(lambda: settings.TWILIO_STATUS_CALLBACK_URL)
+def status_callback(request: HttpRequest, params: QueryDict) -> HttpResponse:
+    message_id = params.get("MessageSid") or params.get("SmsSid") or ""
+    if not _MESSAGE_SID.fullmatch(message_id):
+        raise MalformedWebhook("MessageSid is missing or not a Message SID.")
     message_status = params.get("MessageStatus") or params.get("SmsStatus") or ""
+    if not message_status:
+        raise MalformedWebhook("MessageStatus is missing.")
     status = _SETTLED.get(message_status)
     code = params.get("ErrorCode", "")
     suppress = None
     reason = DEAD_NUMBER_RECEIPT_CODES.get(code)
-    if status == DeliveryStatus.FAILED and reason and params.get("To"):
-        suppress = (Channel.SMS.value, params["To"], str(reason))
+    to = _address(params.get("To", ""), field="To")
+    if status == DeliveryStatus.FAILED and reason and to:
+        suppress = (Channel.SMS.value, to, str(reason))
     delivery_receipt_apply(
         Receipt(
             provider=PROVIDER,
-            message_id=params.get("MessageSid") or params.get("SmsSid") or "",
+            message_id=message_id,
             delivery_id=_delivery_id(request.GET.get("deliveryId", "")),
-            event=message_status,
+            event=message_status[:64],
             status=status,
-            detail=code if status == DeliveryStatus.FAILED else "",
+            detail=code[:64] if status == DeliveryStatus.FAILED else "",
             suppress=suppress,
         )
     )
@@ -77,15 +123,14 @@ def status_callback(request: HttpRequest) -> HttpResponse:
     return HttpResponse(status=200)
 
 
-@csrf_exempt
-@require_POST
-def inbound(request: HttpRequest) -> HttpResponse:
-    if not _signed(request, settings.TWILIO_INBOUND_URL):
-        return HttpResponseForbidden()
-    sender = request.POST.get("From", "")
+@_twilio_webhook(lambda: settings.TWILIO_INBOUND_URL)
+def inbound(request: HttpRequest, params: QueryDict) -> HttpResponse:
+    sender = _address(params.get("From", ""), field="From")
+    if not sender:
+        raise MalformedWebhook("From is missing.")
     # With Advanced Opt-Out, Twilio names the kind of keyword (custom ones too) in OptOutType.
-    keyword = (request.POST.get("OptOutType") or request.POST.get("Body", "")).strip().upper()
-    if sender and keyword in STOP_KEYWORDS:
+    keyword = (params.get("OptOutType") or params.get("Body", "")).strip().upper()
+    if keyword in STOP_KEYWORDS:
         suppression_add(
             channel=Channel.SMS,
             address=sender,
@@ -93,7 +138,7 @@ def inbound(request: HttpRequest) -> HttpResponse:
             provider=PROVIDER,
             detail=f"replied {keyword}",
         )
-    elif sender and keyword in START_KEYWORDS:
+    elif keyword in START_KEYWORDS:
         # Only what STOP did is undone: a number suppressed as invalid or by an operator stays.
         for suppression in suppressions_list(channel=Channel.SMS, address=sender).filter(
             reason=Suppression.Reason.SMS_STOP
@@ -125,5 +170,13 @@ def _signed(request: HttpRequest, public_url: str) -> bool:
     return bool(valid)
 
 
+def _address(value: str, *, field: str) -> str:
+    if len(value) > 320:  # Suppression.address; a phone number is far shorter
+        raise MalformedWebhook(f"{field} is too long.")
+    return value
+
+
 def _delivery_id(value: str) -> int | None:
-    return int(value) if value.isdigit() else None
+    # Our own ?deliveryId=; isdigit() alone takes "²" (int() refuses it) and numbers past
+    # PostgreSQL's bigint.
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None

@@ -138,6 +138,7 @@ def _auth(secret: str = SECRET) -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def webhook_secret(settings: Any) -> None:
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"  # routes its webhook
     settings.ANYMAIL = {"WEBHOOK_SECRET": SECRET}
 
 
@@ -247,7 +248,8 @@ def test_unauthenticated_posts_are_refused_and_change_nothing(sent, headers):
         URL, data=json.dumps(HARD_BOUNCE), content_type="application/json", **headers
     )
 
-    assert response.status_code == 400  # anymail's AnymailWebhookValidationFailure
+    assert response.status_code == 401  # anymail's AnymailWebhookValidationFailure
+    assert response.json()["error"]["code"] == "unauthorized"
     sent.refresh_from_db()
     assert sent.status == DeliveryStatus.SENT
     assert sent.history == []

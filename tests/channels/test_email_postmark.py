@@ -300,6 +300,7 @@ def email_worker(
 def test_real_worker_retries_a_postmark_5xx_then_the_webhook_marks_it_delivered(
     api_client, order_shipped, email_worker, postmark_for_worker, live_server, settings
 ):
+    settings.EMAIL_BACKEND = POSTMARK_BACKEND  # the live server routes Postmark's webhook
     settings.ANYMAIL = {"WEBHOOK_SECRET": WEBHOOK_SECRET}
     postmark_for_worker.webhook_url = f"{live_server.url}/webhooks/anymail/postmark/tracking/"
     postmark_for_worker.webhook_auth = WEBHOOK_SECRET

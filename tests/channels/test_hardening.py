@@ -24,6 +24,7 @@ BOUNCE = {
 
 
 def test_esp_webhooks_are_refused_without_a_configured_secret(client, settings):
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
     settings.ANYMAIL = {k: v for k, v in settings.ANYMAIL.items() if k != "WEBHOOK_SECRET"}
 
     response = client.post(
@@ -31,6 +32,7 @@ def test_esp_webhooks_are_refused_without_a_configured_secret(client, settings):
     )
 
     assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"
     assert not Suppression.objects.exists()
 
 
