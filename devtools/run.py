@@ -3,13 +3,14 @@
 Starts the local provider fakes (APNs, FCM, Twilio, Postmark; see devtools/fakes_env.py for
 the keys and settings they share with the service under .run/), runs `manage.py check` with the
 providers aimed at them, prepares the database (migrate, collectstatic, the demo catalog and
-recipient, an API key), starts the API (gunicorn), one Celery worker per queue and beat, each
-in its own process group with its output prefixed by its name (devtools/supervisor.py: one that
-dies is reported and restarted with a back-off), waits until they all answer, sends a demo
-notification to all four channels with curl and shows the receipts: push and in-app `sent`,
-email and SMS `delivered` by the fakes' webhooks. Ctrl-C (or SIGTERM) stops every process it
-started: SIGTERM to each main process, so a worker finishes its tasks in flight. With --smoke
-it stops after the demo: exit 0 if every channel got there.
+recipient, an API key), starts the API (gunicorn on a unix socket behind nginx on the API port,
+devtools/proxy.py), one Celery worker per queue and beat, each in its own process group with
+its output prefixed by its name (devtools/supervisor.py: one that dies is reported and
+restarted with a back-off), waits until they all answer, sends a demo notification to all four
+channels with curl and shows the receipts: push and in-app `sent`, email and SMS `delivered` by
+the fakes' webhooks. Ctrl-C (or SIGTERM) stops every process it started: SIGTERM to each main
+process, so a worker finishes its tasks in flight. With --smoke it stops after the demo: exit 0
+if every channel got there.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ STOP_GRACE = 30.0
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-from devtools import fakes_env  # noqa: E402 (needs ROOT on sys.path)
+from devtools import fakes_env, proxy  # noqa: E402 (needs ROOT on sys.path)
 from devtools.supervisor import RunError, Supervisor, say  # noqa: E402
 
 __all__ = ["RunError", "Supervisor", "say"]  # what the benchmarks use from here too
@@ -116,10 +117,9 @@ def start_fakes(sup: Supervisor, fakes: list[fakes_env.Fake]) -> None:
 
 
 def api_argv(api_port: int) -> list[str]:
-    # No control socket: it sits at a fixed path in $HOME that a second gunicorn would share.
-    bind = f"127.0.0.1:{api_port}"
-    gunicorn = ["config.wsgi", "--bind", bind, "--workers", "2", "--no-control-socket"]
-    return [sys.executable, "-m", "gunicorn", *gunicorn]
+    """gunicorn alone on 127.0.0.1:``api_port`` (the chaos stack); `make run` puts nginx in
+    front of it (devtools/proxy.py)."""
+    return proxy.gunicorn_argv(f"127.0.0.1:{api_port}")
 
 
 # --quiet drops the start-up banner (20 lines per worker) that would bury the demo.
@@ -145,7 +145,7 @@ def beat_argv(run_dir: Path) -> list[str]:
 
 
 def start_service(sup: Supervisor, api_port: int, run_dir: Path) -> None:
-    sup.start("api", api_argv(api_port))
+    proxy.start(sup, run_dir, api_port)
     for queue in QUEUES:
         sup.start(f"worker-{queue}", worker_argv(queue))
     sup.start("beat", beat_argv(run_dir))
@@ -177,7 +177,10 @@ def wait_ready(sup: Supervisor, api: str) -> None:
         return answered >= names
 
     wait_until(f"workers {', '.join(sorted(names))}", all_answer, sup, START_TIMEOUT)
-    say(f"4 fakes, the API, beat and {len(names)} workers are up; sending a notification:\n")
+    say(
+        f"4 fakes, the API behind nginx, beat and {len(names)} workers are up; "
+        "sending a notification:\n"
+    )
 
 
 def send_demo(api: str, key: str) -> dict[str, Any]:

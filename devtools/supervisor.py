@@ -49,6 +49,7 @@ class Backoff:
 class _Child:
     name: str
     argv: Sequence[str]
+    env: dict[str, str]
     ready_line: str
     stop_signal: signal.Signals
     restart: bool
@@ -104,13 +105,15 @@ class Supervisor:
         *,
         stop_signal: signal.Signals = signal.SIGTERM,
         restart: bool = True,
+        env: dict[str, str] | None = None,
     ) -> threading.Event:
-        """Start ``argv``; the event is set once it prints ``ready_line``. ``stop_signal`` is
-        what asks it to stop gracefully (nginx: SIGQUIT; SIGTERM is its fast shutdown)."""
+        """Start ``argv`` (``env`` added to the supervisor's); the event is set once it prints
+        ``ready_line``. ``stop_signal`` asks it to stop gracefully (nginx: SIGQUIT)."""
         ready = threading.Event()
+        child_env = {**self.env, **(env or {})}
         child = _Child(
-            name, list(argv), ready_line, stop_signal, restart, self._spawn(argv),
-            time.monotonic(), ready, self.backoff.first,
+            name, list(argv), child_env, ready_line, stop_signal, restart,
+            self._spawn(argv, child_env), time.monotonic(), ready, self.backoff.first,
         )  # fmt: skip
         self._read(child)
         self.children.append(child)
@@ -131,7 +134,7 @@ class Supervisor:
             elif child.restart_at is not None and now >= child.restart_at:
                 say(f"restarting {child.name}")
                 child.restart_at = None
-                child.proc = self._spawn(child.argv)
+                child.proc = self._spawn(child.argv, child.env)
                 child.started_at = time.monotonic()
                 self._read(child)
 
@@ -185,9 +188,9 @@ class Supervisor:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-    def _spawn(self, argv: Sequence[str]) -> subprocess.Popen[str]:
+    def _spawn(self, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            argv, cwd=self.cwd, env=self.env, stdout=PIPE, stderr=STDOUT, text=True,
+            argv, cwd=self.cwd, env=env, stdout=PIPE, stderr=STDOUT, text=True,
             start_new_session=True,
         )  # fmt: skip
 
