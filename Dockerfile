@@ -1,4 +1,4 @@
-# One image for every role: the API (gunicorn), the Celery workers and beat.
+# One image for every role: the API (gunicorn, behind nginx), the Celery workers and beat.
 # The command is chosen per service in docker-compose.yml.
 FROM python:3.11-slim
 
@@ -21,4 +21,5 @@ RUN useradd --create-home --uid 10001 app
 USER app
 
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--workers", "4"]
+# Meant to run behind the proxy (docker-compose.yml's `proxy` service, docs/proxy.md).
+CMD ["gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi", "--bind", "0.0.0.0:8000", "--workers", "4"]

@@ -27,6 +27,11 @@ SECRET_KEY = env.str("SECRET_KEY", default=DEV_SECRET_KEY)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Behind the proxy (config/nginx.conf.template sets X-Forwarded-Proto itself, never passing a
+# client's): trust it for request.is_secure(). Off by default: a client reaching gunicorn
+# directly could otherwise claim https. `make run` and docker-compose.yml set it (docs/proxy.md).
+NOTIFY_BEHIND_PROXY = env.bool("NOTIFY_BEHIND_PROXY", default=False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if NOTIFY_BEHIND_PROXY else None
 
 INSTALLED_APPS = [
     "django.contrib.admin",

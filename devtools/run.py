@@ -3,11 +3,14 @@
 Starts the local provider fakes (APNs, FCM, Twilio, Postmark; see devtools/fakes_env.py for
 the keys and settings they share with the service under .run/), runs `manage.py check` with the
 providers aimed at them, prepares the database (migrate, collectstatic, the demo catalog and
-recipient, an API key), starts the API (gunicorn), one Celery worker per queue and beat, each
-in its own process group with its output prefixed by its name, waits until they all answer,
-sends a demo notification to all four channels with curl and shows the receipts: push and
-in-app `sent`, email and SMS `delivered` by the fakes' webhooks. Ctrl-C (or SIGTERM) stops every
-process it started. With --smoke it stops after the demo: exit 0 if every channel got there.
+recipient, an API key), starts the API (gunicorn on a unix socket behind nginx on the API port,
+devtools/proxy.py), one Celery worker per queue and beat, each in its own process group with
+its output prefixed by its name (devtools/supervisor.py: one that dies is reported and
+restarted with a back-off), waits until they all answer, sends a demo notification to all four
+channels with curl and shows the receipts: push and in-app `sent`, email and SMS `delivered` by
+the fakes' webhooks. Ctrl-C (or SIGTERM) stops every process it started: SIGTERM to each main
+process, so a worker finishes its tasks in flight. With --smoke it stops after the demo: exit 0
+if every channel got there.
 """
 
 from __future__ import annotations
@@ -21,14 +24,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from subprocess import PIPE, STDOUT
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -40,85 +41,18 @@ DEMO = (
 # Where each channel ends: APNs, FCM and the in-app inbox have no receipts, so "sent" is the
 # last word; Postmark and Twilio call back, so email and SMS must reach "delivered".
 EXPECTED = {"push": "sent", "email": "delivered", "sms": "delivered", "inapp": "sent"}
-START_TIMEOUT, DELIVERY_TIMEOUT, STOP_GRACE = 60.0, 60.0, 10.0
+START_TIMEOUT, DELIVERY_TIMEOUT = 60.0, 60.0
+# How long each process may take to stop: a Celery worker finishes its tasks in flight (a
+# delivery: the provider timeout plus a rate-limit wait), gunicorn and nginx their requests.
+STOP_GRACE = 30.0
 
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-_output = threading.Lock()
 
-from devtools import fakes_env  # noqa: E402 (needs ROOT on sys.path)
+from devtools import fakes_env, proxy  # noqa: E402 (needs ROOT on sys.path)
+from devtools.supervisor import RunError, Supervisor, say  # noqa: E402
 
-
-class RunError(Exception):
-    """Something did not start or the demo did not go through; the message says what."""
-
-
-def say(text: str = "", name: str = "") -> None:
-    with _output:
-        print(f"{name:>18} | {text}" if name else text, flush=True)
-
-
-def _pump(name: str, stream: IO[str], ready_line: str, ready: threading.Event) -> None:
-    for line in stream:
-        say(line.rstrip(), name)
-        if ready_line and ready_line in line:
-            ready.set()
-
-
-class Supervisor:
-    """Children in their own process groups, so stopping one stops everything it forked."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.children: list[tuple[str, subprocess.Popen[str]]] = []
-        self.readers: list[threading.Thread] = []
-
-    def start(self, name: str, argv: Sequence[str], ready_line: str = "") -> threading.Event:
-        """Start ``argv``; the event is set once it prints ``ready_line``."""
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env=self.env, stdout=PIPE, stderr=STDOUT, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        self.children.append((name, proc))
-        ready = threading.Event()
-        reader = threading.Thread(
-            target=_pump, args=(name, proc.stdout, ready_line, ready), daemon=True
-        )
-        self.readers.append(reader)
-        reader.start()
-        return ready
-
-    def check_alive(self) -> None:
-        for name, proc in self.children:
-            if proc.poll() is not None:
-                raise RunError(f"{name} exited with code {proc.returncode}; see its output above")
-
-    def stop(self) -> None:
-        """SIGTERM every group, wait for the leaders, then SIGKILL whatever is left."""
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
-        if self.children:
-            say(f"stopping {len(self.children)} processes ...")
-        for _, proc in self.children:
-            _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for _, proc in self.children:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for _, proc in self.children:
-            # Also catches group members a leader left behind (gunicorn or Celery pool children).
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for reader in self.readers:
-            reader.join(timeout=1.0)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
+__all__ = ["RunError", "Supervisor", "say"]  # what the benchmarks use from here too
 
 
 def _interrupt(signum: int, frame: Any) -> NoReturn:
@@ -183,10 +117,9 @@ def start_fakes(sup: Supervisor, fakes: list[fakes_env.Fake]) -> None:
 
 
 def api_argv(api_port: int) -> list[str]:
-    # No control socket: it sits at a fixed path in $HOME that a second gunicorn would share.
-    bind = f"127.0.0.1:{api_port}"
-    gunicorn = ["config.wsgi", "--bind", bind, "--workers", "2", "--no-control-socket"]
-    return [sys.executable, "-m", "gunicorn", *gunicorn]
+    """gunicorn alone on 127.0.0.1:``api_port`` (the chaos stack); `make run` puts nginx in
+    front of it (devtools/proxy.py)."""
+    return proxy.gunicorn_argv(f"127.0.0.1:{api_port}")
 
 
 # --quiet drops the start-up banner (20 lines per worker) that would bury the demo.
@@ -212,7 +145,7 @@ def beat_argv(run_dir: Path) -> list[str]:
 
 
 def start_service(sup: Supervisor, api_port: int, run_dir: Path) -> None:
-    sup.start("api", api_argv(api_port))
+    proxy.start(sup, run_dir, api_port)
     for queue in QUEUES:
         sup.start(f"worker-{queue}", worker_argv(queue))
     sup.start("beat", beat_argv(run_dir))
@@ -244,7 +177,10 @@ def wait_ready(sup: Supervisor, api: str) -> None:
         return answered >= names
 
     wait_until(f"workers {', '.join(sorted(names))}", all_answer, sup, START_TIMEOUT)
-    say(f"4 fakes, the API, beat and {len(names)} workers are up; sending a notification:\n")
+    say(
+        f"4 fakes, the API behind nginx, beat and {len(names)} workers are up; "
+        "sending a notification:\n"
+    )
 
 
 def send_demo(api: str, key: str) -> dict[str, Any]:
@@ -401,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **wiring.env,
     }
     api = f"http://127.0.0.1:{args.api_port}"
-    sup = Supervisor(env)
+    sup = Supervisor(env, grace=STOP_GRACE)
     demo_done = False
     try:
         start_fakes(sup, wiring.fakes)

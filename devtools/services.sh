@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
-# Start the local PostgreSQL and Redis if they are installed but not running, then make sure
-# the application database exists. Safe to run any number of times.
+# Start the local PostgreSQL and Redis if they are installed but not running, install nginx
+# (the proxy in front of the API, docs/proxy.md) if it is missing, then make sure the
+# application database exists. Safe to run any number of times.
 set -euo pipefail
+
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  if command -v apt-get >/dev/null; then
+    echo "installing nginx (the proxy in front of the API)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    # Only the binary is wanted: make run starts it with a config of its own, never as a service.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx >/dev/null
+  else
+    echo "nginx is not installed and cannot be installed here (apt-get is missing)" >&2
+    exit 1
+  fi
+fi
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then

@@ -21,6 +21,7 @@ from devtools.fakes.smtp import FakeSMTPServer
 from preferences.models import Event
 from tests.channels.push import push_sender  # noqa: F401  (a fixture for every module)
 from tests.factories import CategoryFactory, EventFactory, TemplateFactory, create_api_key
+from tests.proxied import proxied_api  # noqa: F401  (a fixture: the API behind nginx)
 from tests.workers import WorkerProcess, broker_queues, purge_broker, running_workers
 
 QUEUES = ("push", "email", "sms", "inapp", "maintenance")

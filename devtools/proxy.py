@@ -1,0 +1,158 @@
+"""The API as `make run` serves it: nginx on 127.0.0.1:<api port> in front of gunicorn on a
+unix socket, both supervised (docs/proxy.md).
+
+nginx's server settings are config/nginx.conf.template, the same file docker-compose.yml
+mounts; this module fills in its three names and wraps it in a main config of its own under
+the run directory (no daemon, no root paths, logs to stderr), so nothing of /etc/nginx is used.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import pwd
+import re
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from devtools.supervisor import ROOT, RunError, Supervisor
+
+TEMPLATE = ROOT / "config" / "nginx.conf.template"
+GUNICORN_CONFIG = ROOT / "config" / "gunicorn.conf.py"
+# Over the largest body the service takes, so that Django's own 413 (JSON, naming the limit)
+# answers bodies just over it, and nginx's only the ones far over it.
+BODY_MARGIN = 64 * 1024
+_NAME = re.compile(r"\$\{(PROXY_[A-Z_]+)\}")
+# sockaddr_un.sun_path is 108 bytes, NUL included.
+_MAX_SOCKET_PATH = 107
+
+
+def nginx_binary() -> str:
+    """nginx from PATH, or Debian's /usr/sbin (not on a normal user's PATH)."""
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise RunError(
+            "nginx is not installed: `make services` installs it (apt-get install nginx)"
+        )
+    return found
+
+
+def max_body_size() -> int:
+    from django.conf import settings
+
+    return max(settings.NOTIFY_MAX_BODY_BYTES, settings.NOTIFY_FANOUT_MAX_BODY_BYTES) + BODY_MARGIN
+
+
+def render(*, listen: str, upstream: str, max_body: int) -> str:
+    """The template with its ${PROXY_...} names filled in, as the nginx image's envsubst does."""
+    values = {
+        "PROXY_LISTEN": listen,
+        "PROXY_UPSTREAM": upstream,
+        "PROXY_MAX_BODY_SIZE": str(max_body),
+    }
+    text = TEMPLATE.read_text()
+    unknown = set(_NAME.findall(text)) - set(values)
+    if unknown:
+        raise RunError(f"{TEMPLATE} uses {sorted(unknown)}, which devtools/proxy.py does not set")
+    return _NAME.sub(lambda match: values[match.group(1)], text)
+
+
+def write_config(run_dir: Path, *, listen: str, upstream: str, max_body: int) -> Path:
+    """nginx.conf under ``run_dir/nginx``: the rendered template in an ``http`` block."""
+    prefix = run_dir / "nginx"
+    prefix.mkdir(parents=True, exist_ok=True)
+    server = prefix / "server.conf"
+    server.write_text(render(listen=listen, upstream=upstream, max_body=max_body))
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi",
+                                                              "uwsgi", "scgi")
+    )  # fmt: skip
+    # Run as root (a container, CI): workers as root too, since they must reach gunicorn's
+    # socket and the temp paths under a run directory nobody else may enter.
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+    main = prefix / "nginx.conf"
+    main.write_text(
+        f"""# Written by devtools/proxy.py for one `make run`; the server is {TEMPLATE.name}.
+{user}daemon off;
+worker_processes 1;
+pid {prefix / "nginx.pid"};
+error_log stderr warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+{temp}
+    include {server};
+}}
+"""
+    )
+    return main
+
+
+def nginx_argv(config: Path) -> list[str]:
+    # -e: the error log before the config is read (the default, /var/log/nginx, may not be ours).
+    return [nginx_binary(), "-c", str(config), "-p", str(config.parent), "-e", "stderr"]
+
+
+def gunicorn_argv(bind: str, *, workers: int = 2) -> list[str]:
+    """The API's gunicorn, as `make run` and docker-compose.yml start it."""
+    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), "config.wsgi",
+            "--bind", bind, "--workers", str(workers)]  # fmt: skip
+
+
+def socket_path(run_dir: Path) -> Path:
+    path = run_dir / "api.sock"
+    if len(str(path)) > _MAX_SOCKET_PATH:
+        raise RunError(f"{path} is too long for a unix socket; choose a shorter --run-dir")
+    return path
+
+
+def start(sup: Supervisor, run_dir: Path, api_port: int, *, workers: int = 2) -> None:
+    """gunicorn on ``run_dir/api.sock`` and nginx on 127.0.0.1:``api_port`` in front of it."""
+    sock = socket_path(run_dir)
+    config = write_config(
+        run_dir, listen=f"127.0.0.1:{api_port}", upstream=f"unix:{sock}", max_body=max_body_size()
+    )
+    # Only nginx reaches the socket, and it sets X-Forwarded-Proto itself.
+    sup.start(
+        "api", gunicorn_argv(f"unix:{sock}", workers=workers), env={"NOTIFY_BEHIND_PROXY": "1"}
+    )
+    # SIGQUIT is nginx's graceful stop (it finishes the requests in flight); SIGTERM is fast.
+    sup.start("proxy", nginx_argv(config), stop_signal=signal.SIGQUIT)
+
+
+@contextmanager
+def served(
+    env: dict[str, str], run_dir: Path, api_port: int, *, workers: int = 2, timeout: float = 60.0
+) -> Iterator[Supervisor]:
+    """nginx and gunicorn as `make run` starts them, until /healthz answers 200 through nginx;
+    stopped on exit. For the tests and the benchmarks."""
+    sup = Supervisor(env, grace=10.0)
+    try:
+        start(sup, run_dir, api_port, workers=workers)
+        deadline = time.monotonic() + timeout
+        while _healthz(api_port) != 200:
+            sup.check_alive()
+            if time.monotonic() > deadline:
+                raise RunError(f"no 200 from /healthz through nginx within {timeout:.0f}s")
+            time.sleep(0.1)
+        yield sup
+    finally:
+        sup.stop()
+
+
+def _healthz(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        conn.close()

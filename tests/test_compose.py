@@ -1,0 +1,44 @@
+"""docker-compose.yml puts the proxy in front of the API: the only published port is nginx's,
+with the repository's template, and gunicorn is reachable from the compose network only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devtools import proxy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _services() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"])
+
+
+def test_the_proxy_publishes_the_api_port_with_the_repository_template() -> None:
+    services = _services()
+    proxy_service = services["proxy"]
+    assert proxy_service["image"].startswith("nginx:")
+    assert proxy_service["ports"] == ["127.0.0.1:8000:8000"]
+    (mount,) = proxy_service["volumes"]
+    source, target, _ = mount.split(":")
+    assert (ROOT / source).resolve() == proxy.TEMPLATE
+    assert target.startswith("/etc/nginx/templates/") and target.endswith(".template")
+    # Every name the template uses is set, as devtools/proxy.py sets them for `make run`.
+    used = set(proxy._NAME.findall(proxy.TEMPLATE.read_text()))
+    assert used == {"PROXY_LISTEN", "PROXY_UPSTREAM", "PROXY_MAX_BODY_SIZE"}
+    assert used <= set(proxy_service["environment"])
+    assert proxy_service["depends_on"]["api"]["condition"] == "service_healthy"
+    assert "healthcheck" in proxy_service
+
+
+def test_no_other_service_publishes_a_port_and_the_api_trusts_the_proxy() -> None:
+    services = _services()
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy"}
+    api = services["api"]
+    assert api["environment"]["NOTIFY_BEHIND_PROXY"] == "1"
+    assert "config/gunicorn.conf.py" in " ".join(api["command"])
+    assert "healthcheck" in api
