@@ -103,12 +103,16 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     # Emails, phone numbers, push tokens and API keys are masked on every handler
     # (config/logmasking.py; Celery workers get it through config/celery.py).
-    "filters": {"mask_personal_data": {"()": "config.logmasking.MaskPersonalData"}},
+    "filters": {
+        "mask_personal_data": {"()": "config.logmasking.MaskPersonalData"},
+        # A forged Host header or an oversized form is the client's fault: a WARNING line.
+        "quiet_suspicious_requests": {"()": "config.logsecurity.QuietSuspiciousRequests"},
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "plain",
-            "filters": ["mask_personal_data"],
+            "filters": ["quiet_suspicious_requests", "mask_personal_data"],
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
