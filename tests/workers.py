@@ -172,12 +172,12 @@ def lose_broker_messages() -> None:
     process's connections closed, as a deleted vhost or a restart that kept no queue leaves
     them (a connection remembers what it declared: a live one would publish into the void).
     Workers declare the lanes again when they start."""
-    from notifications.services.broker_watch import CANARY
-
     with app.connection_for_write() as conn:
         if settings.BROKER_IS_REDIS:
             conn.default_channel.client.flushdb()
             return
+        from notifications.services.broker_watch import CANARY
+
         for queue in [*broker_queues(), CANARY]:
             with conn.channel() as channel:
                 try:
