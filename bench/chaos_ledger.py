@@ -264,3 +264,34 @@ def pending(conn: Any, *, notification_ids: list[str], broadcast_ids: list[str])
     with conn.cursor() as cursor:
         cursor.execute(PENDING, [notification_ids, broadcast_ids])
         return int(cursor.fetchone()[0])
+
+
+_IN_FLIGHT = """
+SELECT d.id FROM notifications_delivery d
+JOIN notifications_notification n ON n.id = d.notification_id
+WHERE (n.id = ANY(%s::uuid[]) OR n.broadcast_id = ANY(%s::uuid[]))
+  AND d.status IN ('queued', 'sending')
+"""
+# When each delivery left queued/sending: its last sent, failed or skipped time.
+_LEFT_PENDING_AT = """
+SELECT extract(epoch FROM max(GREATEST(sent_at, failed_at, skipped_at)))
+FROM notifications_delivery WHERE id = ANY(%s)
+"""
+
+
+def in_flight(conn: Any, *, notification_ids: list[str], broadcast_ids: list[str]) -> list[int]:
+    """The ids of the deliveries now queued or sending."""
+    with conn.cursor() as cursor:
+        cursor.execute(_IN_FLIGHT, [notification_ids, broadcast_ids])
+        return [int(row[0]) for row in cursor.fetchall()]
+
+
+def left_pending_at(conn: Any, delivery_ids: list[int]) -> float | None:
+    """The epoch second at which the last of these deliveries was sent, failed or skipped
+    (None if there are none, or none has yet)."""
+    if not delivery_ids:
+        return None
+    with conn.cursor() as cursor:
+        cursor.execute(_LEFT_PENDING_AT, [delivery_ids])
+        row = cursor.fetchone()
+    return None if row is None or row[0] is None else float(row[0])

@@ -191,6 +191,22 @@ NOTIFY_RETRY_BACKOFF_MAX = env.int("NOTIFY_RETRY_BACKOFF_MAX", default=600)
 NOTIFY_LEASE_SECONDS = env.int("NOTIFY_LEASE_SECONDS", default=300)
 NOTIFY_SWEEP_INTERVAL_SECONDS = env.int("NOTIFY_SWEEP_INTERVAL_SECONDS", default=60)
 NOTIFY_SWEEP_BATCH = env.int("NOTIFY_SWEEP_BATCH", default=1000)
+# Broker loss (docs/reliability.md): this often the broker watch checks the canary it keeps in
+# the broker (a Redis key, a RabbitMQ queue holding one message). When the canary vanished or
+# Redis restarted, the queued deliveries whose messages may be gone are re-enqueued at once
+# instead of waiting out their lease (5 min; an hour on the bulk lanes): recovery within
+# ~2 checks, the target being 30 s for an OTP.
+NOTIFY_BROKER_WATCH_SECONDS = env.float("NOTIFY_BROKER_WATCH_SECONDS", default=5.0)
+# Redis restarted from its own persistence (AOF, RDB): what it lost was written after the
+# last canary it still holds. Rows queued this long before that are re-enqueued as well: the
+# publish follows the commit, and queued_at is the transaction's start (and another host's
+# clock, hence NTP).
+NOTIFY_BROKER_LOSS_MARGIN_SECONDS = env.float("NOTIFY_BROKER_LOSS_MARGIN_SECONDS", default=60.0)
+# One watch run re-enqueues pages of NOTIFY_SWEEP_BATCH rows for at most this long, then hands
+# the rest to the next run (chained at once), so the maintenance worker is never held long.
+NOTIFY_BROKER_RECOVERY_TIME_BUDGET_SECONDS = env.float(
+    "NOTIFY_BROKER_RECOVERY_TIME_BUDGET_SECONDS", default=10.0
+)
 # Events and templates are cached per process this long on the accept path.
 NOTIFY_CATALOG_CACHE_SECONDS = env.float("NOTIFY_CATALOG_CACHE_SECONDS", default=5.0)
 NOTIFY_PROVIDER_TIMEOUT_SECONDS = env.float("NOTIFY_PROVIDER_TIMEOUT_SECONDS", default=10.0)
@@ -335,6 +351,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "notifications.tasks.sweep_stuck_deliveries",
         "schedule": float(NOTIFY_SWEEP_INTERVAL_SECONDS),
     },
+    "watch-broker": {
+        "task": "notifications.tasks.watch_broker",
+        "schedule": NOTIFY_BROKER_WATCH_SECONDS,
+        # A check missed while the maintenance worker was busy or down is not worth running
+        # late: the next one looks at the same broker.
+        "options": {"expires": NOTIFY_BROKER_WATCH_SECONDS},
+    },
     "resume-broadcast-fanouts": {
         "task": "notifications.tasks.resume_broadcast_fanouts",
         "schedule": float(NOTIFY_FANOUT_RESUME_SECONDS),
@@ -356,6 +379,7 @@ CELERY_TASK_ROUTES = {
     "notifications.tasks.deliver_sms": {"queue": "sms"},
     "notifications.tasks.deliver_inapp": {"queue": "inapp"},
     "notifications.tasks.sweep_stuck_deliveries": {"queue": "maintenance"},
+    "notifications.tasks.watch_broker": {"queue": "maintenance"},
     "notifications.tasks.broadcast_fanout": {"queue": "maintenance"},
     "notifications.tasks.resume_broadcast_fanouts": {"queue": "maintenance"},
     "notifications.tasks.skip_cancelled_deliveries": {"queue": "maintenance"},

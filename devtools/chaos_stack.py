@@ -14,8 +14,10 @@ The levers the chaos runner (bench/chaos.py) pulls: ``kill_worker_child()`` / ``
 ``restart_postgres()``, ``set_fault()`` on every fake. ``stop()`` ends everything it started
 and removes the folder.
 
-Settings (``CHAOS_SETTINGS``) make recovery quick: a 15 s lease, a sweep every 3 s, a 3 s
-provider timeout, retry waits capped at 8 s, broadcast leases of 30 s, a 5 s circuit cool-down.
+Settings (``CHAOS_SETTINGS``) make recovery quick: a 45 s lease, a sweep every 3 s, a 3 s
+provider timeout, retry waits capped at 8 s, a 5 s circuit cool-down. Broadcast leases keep
+their production hour, and the broker watch its production interval: what brings lost
+messages back after a broker loss is then the watch, measured, not a lease shortened for it.
 """
 
 from __future__ import annotations
@@ -50,16 +52,16 @@ from devtools.fakes import faults  # noqa: E402
 CHANNELS = ("push", "email", "sms", "inapp")
 HOST = "127.0.0.1"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-# Quick recovery: the sweep runs often and takes back what has been pending longer than the
-# lease; the lease still exceeds the provider timeout (a task cannot outlive it), and the
-# broadcast lease a batch of NOTIFY_DELIVERY_BATCH calls that all time out.
+# Quick recovery: the sweep runs often and takes back what a killed worker left `sending`
+# once its lease ran out. The lease still exceeds the provider timeout (a task cannot outlive
+# it) and, at 45 s, the 30 s target for recovery after a broker loss: a delivery the broker
+# lost that only the lease brought back would show in the figure (bench/chaos.py).
 CHAOS_SETTINGS = {
-    "NOTIFY_LEASE_SECONDS": "15",
+    "NOTIFY_LEASE_SECONDS": "45",
     "NOTIFY_SWEEP_INTERVAL_SECONDS": "3",
     "NOTIFY_PROVIDER_TIMEOUT_SECONDS": "3",
     "NOTIFY_RETRY_BACKOFF": "1",
     "NOTIFY_RETRY_BACKOFF_MAX": "8",
-    "NOTIFY_FANOUT_LEASE_SECONDS": "30",
     "NOTIFY_CIRCUIT_COOLDOWN_SECONDS": "5",
     "NOTIFY_FANOUT_RESUME_SECONDS": "10",
     "NOTIFY_DELIVERY_BATCH": "10",
@@ -431,6 +433,14 @@ class ChaosStack:
         self.procs["redis"].start()
         self._wait("redis after its restart", self._redis_answers, timeout=30)
         return before, self._run_id()
+
+    def flush_redis(self) -> dict[str, Any]:
+        """``FLUSHALL`` on the running Redis: every queued and unacknowledged message gone, the
+        server and every connection to it left as they were; its key counts around it."""
+        client = redis.Redis(host=HOST, port=self.config.redis_port)
+        before = int(client.dbsize())
+        client.flushall()
+        return {"keysBefore": before, "keysAfter": int(client.dbsize()), "runId": self._run_id()}
 
     def _run_id(self) -> str:
         info = redis.Redis(host=HOST, port=self.config.redis_port).info("server")

@@ -190,6 +190,14 @@ class Delivery(models.Model):
                 name="delivery_pending_lease",
             ),
             models.Index(fields=["status", "channel"], name="delivery_by_status"),
+            # After the broker lost its messages, the broker watch re-enqueues queued rows
+            # newest first, a keyset page at a time, from the loss back to its bound
+            # (notifications/services/broker_watch.py).
+            models.Index(
+                fields=["-queued_at", "-id"],
+                condition=Q(status="queued"),
+                name="delivery_queued_recent",
+            ),
             # Provider receipts (webhooks) find their delivery by the provider's message id.
             models.Index(
                 fields=["provider", "provider_message_id"],
@@ -301,3 +309,42 @@ class ApiKeyAccess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.api_key}: {', '.join(self.scopes) or 'no scopes'}"
+
+
+class BrokerCanary(models.Model):
+    """What the broker watch last wrote to the broker (one row): a token the broker must still
+    hold at the next check, and the Redis server's run id then. A missing token, an older
+    one, or another run id means the broker lost messages (docs/reliability.md)."""
+
+    token = models.CharField(max_length=64, blank=True, default="")
+    armed_at = models.DateTimeField(null=True, blank=True)
+    server_id = models.CharField(max_length=64, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"broker canary {self.token or '(not armed)'}"
+
+
+class BrokerLoss(models.Model):
+    """One loss of the broker's messages the watch detected, and how far re-enqueueing the
+    deliveries it may have lost has got: those queued between ``since`` (None: all of them)
+    and ``detected_at``, newest first, ``cursor_*`` the last one published."""
+
+    detected_at = models.DateTimeField()
+    cause = models.CharField(max_length=200)
+    since = models.DateTimeField(null=True, blank=True)
+    cursor_queued_at = models.DateTimeField(null=True, blank=True)
+    cursor_id = models.BigIntegerField(null=True, blank=True)
+    requeued = models.BigIntegerField(default=0)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["detected_at"],
+                condition=Q(finished_at__isnull=True),
+                name="broker_loss_unfinished",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"broker loss at {self.detected_at:%Y-%m-%d %H:%M:%S}: {self.cause}"

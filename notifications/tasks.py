@@ -17,7 +17,7 @@ from django.db import InterfaceError, OperationalError, connections
 
 from channels.base import ProviderPaused, TransientDeliveryError
 from notifications import services
-from notifications.services import batches, broadcasts, fanout
+from notifications.services import batches, broadcasts, broker_watch, fanout
 from notifications.services.enqueue import queue_for
 
 logger = logging.getLogger(__name__)
@@ -161,6 +161,16 @@ def deliver_inapp(self: Task, delivery_id: int) -> str:
 @shared_task(ignore_result=True)
 def sweep_stuck_deliveries() -> int:
     return services.sweep_stuck_deliveries()
+
+
+@shared_task(ignore_result=True)
+def watch_broker() -> int:
+    """Beat, every NOTIFY_BROKER_WATCH_SECONDS: has the broker lost its messages? A run that
+    spends its time budget re-enqueueing hands the rest to the next one at once."""
+    result = broker_watch.broker_watch()
+    if result.more:
+        watch_broker.delay()
+    return result.requeued
 
 
 @shared_task(ignore_result=True)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from django.conf import settings
 from django.db import connection
 from kombu import Connection
+from kombu import pools as kombu_pools
 from kombu.transport.native_delayed_delivery import (
     MAX_LEVEL,
     bind_queue_to_native_delayed_delivery_exchange,
@@ -163,6 +164,57 @@ def declare_delayed_delivery(conn: Connection) -> None:
         with conn.channel() as channel:
             queue.bind(channel).declare()
         bind_queue_to_native_delayed_delivery_exchange(conn, queue)
+
+
+def lose_broker_messages() -> None:
+    """What a broker loss does to the test broker: Redis ``FLUSHDB`` (every queue, the
+    unacknowledged messages, the broker watch's canary), or RabbitMQ's queues deleted and this
+    process's connections closed, as a deleted vhost or a restart that kept no queue leaves
+    them (a connection remembers what it declared: a live one would publish into the void).
+    Workers declare the lanes again when they start."""
+    with app.connection_for_write() as conn:
+        if settings.BROKER_IS_REDIS:
+            conn.default_channel.client.flushdb()
+            return
+        from notifications.services.broker_watch import CANARY
+
+        for queue in [*broker_queues(), CANARY]:
+            with conn.channel() as channel:
+                try:
+                    channel.queue_delete(queue)
+                except conn.channel_errors:  # never declared
+                    pass
+    # Connections dropped as the broker drops them: new pools, so nothing declared is cached.
+    kombu_pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+class BeatProcess:
+    """``celery -A config beat`` as a child process, its schedule file in ``log_dir``."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.log_path = log_dir / "beat.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
+             "--schedule", str(log_dir / "celerybeat-schedule")],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-5000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._log.close()
 
 
 def dead_broker_url() -> str:
