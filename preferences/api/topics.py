@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -66,7 +67,8 @@ TOPIC_KEY = OpenApiParameter(
 
 
 def _topic_or_404(key: str) -> Topic:
-    topic = selectors.topic_get(key=key)
+    # A key that is not a slug names no topic (and one with NUL could not even be looked up).
+    topic = selectors.topic_get(key=key) if re.search(SLUG_PATTERN, key) else None
     if topic is None:
         raise TopicNotFound(f"No topic {key!r}.")
     return topic
