@@ -149,6 +149,8 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         # 401/403/429 on every operation, 400/413/415 with a body, 404 with path parameters.
         "notifications.api.schema.document_common_errors",
+        # The userId rule on {user_id} path parameters.
+        "notifications.api.schema.state_path_rules",
     ],
 }
 API_KEY_CUSTOM_HEADER = None  # the standard "Authorization: Api-Key <key>" header

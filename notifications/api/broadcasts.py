@@ -6,7 +6,7 @@ import uuid
 from typing import Any, cast
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,15 +15,24 @@ from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
 from notifications.api.fields import (
+    EVENT_MAX_LENGTH,
+    TOPIC_MAX_LENGTH,
     RejectUnknownFieldsMixin,
+    SlugField,
     StrictCharField,
+    StrictChoiceField,
+    TrueField,
+    UniqueListField,
+    UserIdField,
     reject_unstorable_json,
 )
+from notifications.api.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from notifications.api.parsers import (
     BoundedJSONParser,
 )
+from notifications.api.requests import StrictRequestMixin
 from notifications.api.views import ERROR_RESPONSE
-from notifications.exceptions import NotFound, ServiceError
+from notifications.exceptions import NotFound
 from notifications.models import ApiScope, Broadcast
 from notifications.services import broadcasts
 
@@ -38,35 +47,33 @@ class BulkJSONParser(BoundedJSONParser):
 
 
 class AudienceSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
-    topic = StrictCharField(max_length=128, required=False)
-    userIds = serializers.ListField(
-        child=StrictCharField(max_length=255),
+    topic = SlugField(max_length=TOPIC_MAX_LENGTH, required=False)
+    userIds = UniqueListField(
+        child=UserIdField(),
         required=False,
-        allow_empty=False,
+        min_length=1,
         max_length=MAX_AUDIENCE_USER_IDS,
     )
-    all = serializers.BooleanField(required=False)
+    all = TrueField(required=False)
+
+    # Stated in the schema too (notifications.api.schema reads it).
+    openapi_object = {"minProperties": 1, "maxProperties": 1}
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if len(attrs) != 1:
             raise serializers.ValidationError(
                 'Give exactly one of {"topic": key}, {"userIds": [...]} or {"all": true}.'
             )
-        if "all" in attrs and attrs["all"] is not True:
-            raise serializers.ValidationError({"all": ['Only {"all": true} is meaningful.']})
-        if "userIds" in attrs:
-            # Duplicates would be one notification anyway; keep the stored audience small.
-            attrs["userIds"] = list(dict.fromkeys(attrs["userIds"]))
         return attrs
 
 
 class BroadcastRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
-    event = StrictCharField(max_length=128)
+    event = SlugField(max_length=EVENT_MAX_LENGTH)
     audience = AudienceSerializer()
-    channels = serializers.ListField(
-        child=serializers.ChoiceField(choices=Channel.choices),
+    channels = UniqueListField(
+        child=StrictChoiceField(choices=Channel.choices),
         required=False,
-        allow_empty=False,
+        min_length=1,
         max_length=len(Channel.choices),
     )
     data = serializers.DictField(required=False, default=dict)  # type: ignore[assignment]
@@ -82,29 +89,14 @@ class BroadcastAcceptedSerializer(serializers.Serializer):  # type: ignore[type-
     status = serializers.CharField()
 
 
-def _idempotency_key(request: Request, body_key: str | None) -> str | None:
-    header_key = request.headers.get("Idempotency-Key")
-    if header_key is not None and body_key is not None and header_key != body_key:
-        raise ServiceError(
-            "Idempotency-Key header and idempotencyKey differ.",
-            fields={"idempotencyKey": ["Does not match the Idempotency-Key header."]},
-        )
-    key = body_key or header_key or None
-    if key is not None and len(key) > 255:
-        raise ServiceError(
-            "Idempotency key too long.", fields={"idempotencyKey": ["At most 255 characters."]}
-        )
-    return key
-
-
-class BroadcastListView(APIView):
+class BroadcastListView(StrictRequestMixin, APIView):
     required_scope = ApiScope.BROADCAST
 
     parser_classes = [BulkJSONParser]
 
     @extend_schema(
         request=BroadcastRequestSerializer,
-        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER)],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={
             202: BroadcastAcceptedSerializer,
             200: OpenApiResponse(BroadcastAcceptedSerializer, description="Idempotent replay."),
@@ -127,7 +119,7 @@ class BroadcastListView(APIView):
             audience=dict(payload["audience"]),
             channels=payload.get("channels"),
             data=payload["data"],
-            idempotency_key=_idempotency_key(request, payload.get("idempotencyKey")),
+            idempotency_key=idempotency_key(request, payload.get("idempotencyKey")),
         )
         if result.replayed:
             return Response(result.body, status=200, headers={"Idempotent-Replayed": "true"})
@@ -168,7 +160,7 @@ _PROGRESS = OpenApiResponse(
 )
 
 
-class BroadcastDetailView(APIView):
+class BroadcastDetailView(StrictRequestMixin, APIView):
     required_scope = ApiScope.BROADCAST
 
     @extend_schema(responses={200: _PROGRESS, 404: ERROR_RESPONSE}, summary="Broadcast progress")
@@ -179,7 +171,7 @@ class BroadcastDetailView(APIView):
         return Response(broadcast_representation(broadcast))
 
 
-class BroadcastCancelView(APIView):
+class BroadcastCancelView(StrictRequestMixin, APIView):
     required_scope = ApiScope.BROADCAST
 
     @extend_schema(

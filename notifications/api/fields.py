@@ -1,17 +1,174 @@
+"""The API's input fields: each refuses what it cannot take as sent, never coerces or repairs.
+
+The rules are written once here, as regular expressions where they can be, so that the OpenAPI
+schema (drf-spectacular reads a ``RegexValidator`` as ``pattern``, see notifications/api/schema.py)
+states exactly what the serializers enforce. docs/api-input.md lists them.
+"""
+
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from django.core.validators import RegexValidator
+from phonenumber_field.serializerfields import PhoneNumberField
 from rest_framework import serializers
+
+# C0 and C1 control characters and DEL: never meaningful in our strings, and a NUL cannot even be
+# stored (PostgreSQL text). Written with \x escapes that Python and ECMA regexes read alike.
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+# Unicode white space (Python's str.isspace() and ECMA's \s, spelt out: the two differ).
+_SPACE = r"\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+
+# Free text (a topic's name, an address before its own check): no control characters. Not
+# matching "": a field allowing blanks says so itself (and the schema adds it as a oneOf).
+TEXT_PATTERN = rf"\A[^{_CONTROL}]+\Z"
+# A userId: no white space, no control characters, no "/" (it is a path segment:
+# /api/recipients/{userId}) and no "%" (so that a percent-encoding residue, such as Django's
+# re-encoding of invalid UTF-8 in a path, "a%FFb", cannot become an id).
+USER_ID_PATTERN = rf"\A[^{_CONTROL}{_SPACE}/%]+\Z"
+USER_ID_MAX_LENGTH = 255
+# Catalog keys (events, categories, topics) are slugs (preferences.models).
+SLUG_PATTERN = r"\A[-a-zA-Z0-9_]+\Z"
+EVENT_MAX_LENGTH = 64  # preferences.models.Event.key
+TOPIC_MAX_LENGTH = 128  # preferences.models.Topic.key
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+
+_MESSAGES = {
+    TEXT_PATTERN: "Control characters are not allowed.",
+    USER_ID_PATTERN: "A userId may not contain white space, control characters, '/' or '%%'.",
+    SLUG_PATTERN: "Only letters, digits, '-' and '_'.",
+}
+
+
+def ecma_pattern(pattern: str) -> str:
+    """A pattern above as OpenAPI states it (what drf-spectacular does for a field's)."""
+    return pattern.replace(r"\A", "^").replace(r"\Z", "$").replace(r"\x", r"\u00")
+
+
+def pattern_validator(pattern: str, message: str | None = None) -> RegexValidator:
+    # The message is %-formatted with the value (Django's validators): a "%" is written "%%".
+    return RegexValidator(pattern, message=message or _MESSAGES.get(pattern, "Invalid value."))
 
 
 class StrictCharField(serializers.CharField):
-    """A string and only a string: DRF's CharField would quietly turn 42 into "42"."""
+    """A string and only a string, taken as sent: DRF's CharField would quietly turn 42 into
+    "42" and trim white space before checking the length, so that the schema's maxLength and the
+    stored value disagreed. Control characters are refused unless a ``pattern`` says otherwise.
+    """
+
+    def __init__(
+        self, *, pattern: str = TEXT_PATTERN, pattern_message: str | None = None, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+        self.validators.append(pattern_validator(pattern, pattern_message))
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)  # type: ignore[no-any-return]
+
+
+class UserIdField(StrictCharField):
+    """The one rule for a userId, wherever it comes in (path, body, lists)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", USER_ID_MAX_LENGTH)
+        super().__init__(pattern=USER_ID_PATTERN, **kwargs)
+
+
+class SlugField(StrictCharField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(pattern=SLUG_PATTERN, **kwargs)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """``true`` or ``false``: DRF's would take "no", "off", 0 and 1 as well."""
+
+    default_error_messages = {"invalid": "Must be a JSON boolean, true or false."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if data is True or data is False:
+            return data
+        self.fail("invalid")
+        raise AssertionError("unreachable")
+
+
+class StrictChoiceField(serializers.ChoiceField):
+    """One of the choices, as a string: DRF's compares ``str(data)``."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid_choice", input=data)
+        return super().to_internal_value(data)
+
+
+class UniqueListField(serializers.ListField):
+    """A list whose entries are distinct (a repeated channel or userId is a 400, not merged
+    without a word); the schema says ``uniqueItems``."""
+
+    default_error_messages = {"duplicates": "Duplicate entries: {duplicates}."}
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        values: list[Any] = super().to_internal_value(data)
+        seen: set[Any] = set()
+        duplicates: dict[Any, None] = {}
+        for value in values:
+            if value in seen:
+                duplicates[value] = None
+            seen.add(value)
+        if duplicates:
+            self.fail(
+                "duplicates", duplicates=", ".join(repr(value) for value in list(duplicates)[:5])
+            )
+        return values
+
+
+class TrueField(StrictBooleanField):
+    """``true`` only (``{"all": true}``); the schema says ``enum: [true]``."""
+
+    default_error_messages = {"invalid": "Only true is meaningful here."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if data is not True:
+            self.fail("invalid")
+        return True
+
+
+# E.164 with the usual separators ("+1 (415) 555-0100"), and ASCII digits only: phonenumbers
+# would read letters as a keypad ("+1415CALLNOW" -> +14152255669) and other scripts' digits.
+PHONE_PATTERN = r"\A\+[0-9][-0-9 ().]*\Z"
+
+
+class PhoneField(PhoneNumberField):
+    """A phone number in international form, checked before phonenumbers reads it, then stored
+    as E.164. The schema states the pattern and ``format: phone`` (its validity is phonenumbers'
+    metadata, which no pattern holds)."""
+
+    default_error_messages = {
+        "invalid": "Enter a valid phone number in international form, e.g. +14155550100."
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 32)
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+        self.validators.append(pattern_validator(PHONE_PATTERN, self.error_messages["invalid"]))
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str) or not re.search(PHONE_PATTERN, data):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def user_id_errors(value: str) -> list[str]:
+    """The userId rule for a value that did not come through a serializer (a path segment)."""
+    try:
+        UserIdField().run_validation(value)
+    except serializers.ValidationError as exc:
+        return [str(message) for message in exc.detail]  # type: ignore[union-attr]
+    return []
 
 
 class RejectUnknownFieldsMixin:

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from typing import Any
+from urllib import parse
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
+
+# What DRF's encode_cursor writes: base64 (standard alphabet, padded) of "o=…&r=1&p=…".
+_CURSOR = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+CURSOR_PATTERN = f"^{_CURSOR.pattern}$"
+_CURSOR_TOKENS = frozenset({"o", "r", "p"})
+_PAGE_SIZE = re.compile(r"[1-9][0-9]*")
+_OFFSET = re.compile(r"0|[1-9][0-9]{0,8}")
 
 
 class StrictCursorPagination(CursorPagination):
-    """DRF's cursor pagination, with its three soft spots made 400s:
+    """DRF's cursor pagination, with its soft spots made 400s:
 
-    - a ``pageSize`` that is not a positive integer is refused, not silently replaced by the
-      default (a larger one is still capped at ``max_page_size``);
-    - an undecodable ``cursor`` is a bad parameter (400), not a missing page (404);
+    - a ``pageSize`` that is not a positive integer in plain ASCII digits is refused, not
+      silently replaced by the default (a larger one is still capped at ``max_page_size``);
+    - a ``cursor`` that is not exactly what ``encode_cursor`` writes is refused: DRF's decoder
+      skips characters outside the base64 alphabet, so "!!!!", "%00" or "" decoded to an empty
+      cursor, the first page; and an undecodable one was a 404 (a missing page);
     - a cursor whose position is not a value of the ordering field (base64 is easy to forge)
       is refused before it reaches the query, where it would be a 500.
     """
@@ -26,26 +39,43 @@ class StrictCursorPagination(CursorPagination):
         raw = request.query_params.get(self.page_size_query_param)
         if raw is None:
             return int(self.page_size or 0)
-        try:
-            size = int(raw)
-        except ValueError:
-            size = 0
-        if size < 1:
+        # int() would take " 5", "5_0" and other scripts' digits; str.isdigit() would take "²".
+        if not _PAGE_SIZE.fullmatch(raw):
             raise ValidationError({self.page_size_query_param: ["A positive integer."]})
-        return min(size, int(self.max_page_size or size))
+        maximum = int(self.max_page_size or 0)
+        if maximum and len(raw) > len(str(maximum)):
+            return maximum  # also spares int() a number of thousands of digits
+        size = int(raw)
+        return min(size, maximum) if maximum else size
 
-    def decode_cursor(self, request: Request) -> Any:
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is None:
+            return None
         try:
-            return super().decode_cursor(request)
-        except NotFound as exc:
+            if not _CURSOR.fullmatch(encoded):
+                raise ValueError("not base64")
+            decoded = base64.b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
+            tokens = parse.parse_qs(decoded, keep_blank_values=True, strict_parsing=True)
+            if not set(tokens) <= _CURSOR_TOKENS or any(len(v) != 1 for v in tokens.values()):
+                raise ValueError("unknown or repeated token")
+            offset = tokens.get("o", ["0"])[0]
+            reverse = tokens.get("r", ["0"])[0]
+            if not _OFFSET.fullmatch(offset) or int(offset) > self.offset_cutoff:
+                raise ValueError("offset")
+            if reverse not in ("0", "1"):
+                raise ValueError("reverse")
+        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
             raise ValidationError({self.cursor_query_param: ["Invalid cursor."]}) from exc
+        position: Any = tokens.get("p", [None])[0]  # a string; the stubs say int
+        return Cursor(offset=int(offset), reverse=reverse == "1", position=position)
 
     def paginate_queryset(
         self, queryset: Any, request: Request, view: Any = None
     ) -> list[Any] | None:
         cursor = self.decode_cursor(request)
         if cursor is not None and cursor.position is not None:
-            self._check_position(queryset, cursor.position)
+            self._check_position(queryset, str(cursor.position))
         return super().paginate_queryset(queryset, request, view)  # type: ignore[no-any-return]
 
     def _check_position(self, queryset: Any, position: str) -> None:
@@ -63,6 +93,13 @@ class StrictCursorPagination(CursorPagination):
         for parameter in parameters:
             if parameter["name"] == self.page_size_query_param:
                 parameter["schema"] = {"type": "integer", "minimum": 1}
+            elif parameter["name"] == self.cursor_query_param:
+                # Opaque: only values taken from a "next"/"previous" link are accepted. The
+                # pattern is what the schema can say about them.
+                parameter["schema"] = {"type": "string", "pattern": CURSOR_PATTERN}
+                parameter["description"] = (
+                    "Opaque; take it from the `next` or `previous` link of the previous page."
+                )
         return parameters
 
 
@@ -70,7 +107,8 @@ def filter_params(request: Request, paginator: Any) -> dict[str, str]:
     """The query parameters other than the paginator's own, for a filter serializer.
 
     A plain dict, not the QueryDict: DRF reads a QueryDict as an HTML form, where an empty value
-    ("?userId=") means "not given"; a filter serializer refuses it like any invalid value.
+    ("?userId=") means "not given"; a filter serializer refuses it like any invalid value. A
+    repeated parameter never gets here (notifications.api.requests).
     """
     params = request.query_params.dict()
     params.pop(paginator.cursor_query_param, None)

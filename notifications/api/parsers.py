@@ -5,8 +5,9 @@ import math
 from typing import Any
 
 from django.conf import settings
-from rest_framework.exceptions import APIException, ParseError
+from rest_framework.exceptions import APIException, ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser
+from rest_framework.utils.mediatypes import _MediaType
 
 
 class PayloadTooLarge(APIException):
@@ -23,6 +24,11 @@ class BoundedJSONParser(JSONParser):
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
         limit = int(getattr(settings, self.limit_setting))
+        # JSON is UTF-8 (RFC 8259 §8.1); a body announced in another charset would be read as
+        # UTF-8 anyway, so it is refused as a media type we do not take.
+        charset = _MediaType(media_type or "").params.get("charset", "utf-8")
+        if charset.strip('"').lower() not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType(media_type or "", f"JSON must be UTF-8, not {charset}.")
         if stream is None:
             return {}
         raw = stream.read(limit + 1)

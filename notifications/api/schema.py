@@ -10,7 +10,15 @@ from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 
-from notifications.api.fields import RejectUnknownFieldsMixin
+from notifications.api.fields import (
+    USER_ID_MAX_LENGTH,
+    USER_ID_PATTERN,
+    PhoneField,
+    RejectUnknownFieldsMixin,
+    TrueField,
+    UniqueListField,
+    ecma_pattern,
+)
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
@@ -27,7 +35,8 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignor
 
 
 class AutoSchema(SpectacularAutoSchema):
-    """drf-spectacular's, saying two more things our API does."""
+    """drf-spectacular's, saying the rest of what our input fields enforce
+    (notifications.api.fields), so that schema and service agree in both directions."""
 
     def _map_basic_serializer(self, serializer: Any, direction: str) -> dict[str, Any]:
         schema: dict[str, Any] = super()._map_basic_serializer(serializer, direction)
@@ -35,6 +44,8 @@ class AutoSchema(SpectacularAutoSchema):
             isinstance(serializer, type) and issubclass(serializer, RejectUnknownFieldsMixin)
         ):
             schema["additionalProperties"] = False  # unknown keys are a 400
+            # Object-level rules the serializer's validate() enforces (e.g. exactly one key).
+            schema.update(getattr(serializer, "openapi_object", {}))
         return schema
 
     def _map_serializer_field(
@@ -52,6 +63,14 @@ class AutoSchema(SpectacularAutoSchema):
             and schema.get("type") == "string"
         ):
             schema.setdefault("minLength", 1)
+        if isinstance(schema, dict):
+            if isinstance(field, UniqueListField):
+                schema["uniqueItems"] = True  # a repeated entry is a 400
+            elif isinstance(field, TrueField):
+                schema["enum"] = [True]
+            elif isinstance(field, PhoneField):
+                # Validity is phonenumbers' metadata: a format a client (or fuzzer) must know.
+                schema["format"] = "phone"
         return schema
 
     # drf-spectacular documents a body only for POST, PUT and PATCH; a DELETE that declares one
@@ -111,6 +130,27 @@ _WITH_BODY = {
 }
 _WITH_QUERY = {"400": "A query parameter is invalid (see `fields`)."}
 _WITH_PATH = {"404": "Nothing at this path (or a path parameter of the wrong form)."}
+
+
+def state_path_rules(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular post-processing hook: a ``user_id`` path parameter follows the userId
+    rule (the views check it, notifications.api.requests); the converter only says "a segment"."""
+    rule = {
+        "type": "string",
+        "pattern": ecma_pattern(USER_ID_PATTERN),
+        "maxLength": USER_ID_MAX_LENGTH,
+    }
+    for path_item in result.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict):
+                continue
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter.get("name") == "user_id":
+                    parameter["schema"] = dict(rule)
+                    operation.setdefault("responses", {}).setdefault(
+                        "400", _error_response("The request is invalid (see `fields`).")
+                    )
+    return result
 
 
 def document_common_errors(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

@@ -6,8 +6,13 @@ from rest_framework import serializers
 
 from channels.base import Channel
 from notifications.api.fields import (
+    EVENT_MAX_LENGTH,
     RejectUnknownFieldsMixin,
+    SlugField,
     StrictCharField,
+    StrictChoiceField,
+    UniqueListField,
+    UserIdField,
     reject_unstorable_json,
 )
 from notifications.models import Delivery, Notification
@@ -15,19 +20,19 @@ from preferences.models import Priority
 
 
 class NotifyRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
-    userId = StrictCharField(max_length=255)
-    event = StrictCharField(max_length=128)
-    channels = serializers.ListField(
-        child=serializers.ChoiceField(choices=Channel.choices),
+    userId = UserIdField()
+    event = SlugField(max_length=EVENT_MAX_LENGTH)
+    channels = UniqueListField(
+        child=StrictChoiceField(choices=Channel.choices),
         required=False,
-        allow_empty=False,
+        min_length=1,
         max_length=len(Channel.choices),
     )
     # DRF pops declared fields off the class, so this does not shadow Serializer.data.
     data = serializers.DictField(required=False, default=dict)  # type: ignore[assignment]
     idempotencyKey = StrictCharField(max_length=255, required=False)
     # Overrides the event's lane: "transactional" (never waits behind bulk) or "bulk".
-    priority = serializers.ChoiceField(choices=Priority.choices, required=False)
+    priority = StrictChoiceField(choices=Priority.choices, required=False)
 
     def validate_data(self, value: dict[str, Any]) -> dict[str, Any]:
         reject_unstorable_json(value)

@@ -3,8 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, cast
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
@@ -14,24 +13,32 @@ from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
 from notifications import selectors, services
-from notifications.api.fields import RejectUnknownFieldsMixin
+from notifications.api.fields import (
+    EVENT_MAX_LENGTH,
+    RejectUnknownFieldsMixin,
+    SlugField,
+    StrictChoiceField,
+    UserIdField,
+)
+from notifications.api.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from notifications.api.pagination import StrictCursorPagination, filter_params
+from notifications.api.requests import StrictRequestMixin
 from notifications.api.schema import ERROR_RESPONSE
 from notifications.api.serializers import (
     NotificationSerializer,
     NotifyRequestSerializer,
     NotifyResponseSerializer,
 )
-from notifications.exceptions import NotFound, ServiceError
+from notifications.exceptions import NotFound
 from notifications.models import ApiScope, DeliveryStatus
 
 
-class NotifyView(APIView):
+class NotifyView(StrictRequestMixin, APIView):
     required_scope = ApiScope.NOTIFY
 
     @extend_schema(
         request=NotifyRequestSerializer,
-        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER)],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={
             202: NotifyResponseSerializer,
             200: OpenApiResponse(NotifyResponseSerializer, description="Idempotent replay."),
@@ -49,26 +56,14 @@ class NotifyView(APIView):
         serializer = NotifyRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         payload: dict[str, Any] = serializer.validated_data
-        header_key = request.headers.get("Idempotency-Key")
-        body_key = payload.get("idempotencyKey")
-        if header_key is not None and body_key is not None and header_key != body_key:
-            raise ServiceError(
-                "Idempotency-Key header and idempotencyKey differ.",
-                fields={"idempotencyKey": ["Does not match the Idempotency-Key header."]},
-            )
-        idempotency_key = body_key or header_key or None
-        if idempotency_key is not None and len(idempotency_key) > 255:
-            raise ServiceError(
-                "Idempotency key too long.",
-                fields={"idempotencyKey": ["At most 255 characters."]},
-            )
+        key = idempotency_key(request, payload.get("idempotencyKey"))
         result = services.notification_accept(
             api_key=cast(APIKey, request.auth),
             user_id=payload["userId"],
             event_key=payload["event"],
             channels=payload.get("channels"),
             data=payload["data"],
-            idempotency_key=idempotency_key,
+            idempotency_key=key,
             priority=payload.get("priority"),
         )
         if result.replayed:
@@ -76,7 +71,7 @@ class NotifyView(APIView):
         return Response(result.body, status=status.HTTP_202_ACCEPTED)
 
 
-class NotificationDetailView(APIView):
+class NotificationDetailView(StrictRequestMixin, APIView):
     required_scope = ApiScope.READ
 
     @extend_schema(responses={200: NotificationSerializer, 404: ERROR_RESPONSE})
@@ -98,18 +93,19 @@ class NewestFirst(StrictCursorPagination):
 
 class NotificationFilterSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
     # Unknown parameters are refused: a misspelt filter would otherwise list everything.
-    userId = serializers.CharField(required=False, max_length=255)
-    event = serializers.CharField(required=False, max_length=128)
-    status = serializers.ChoiceField(choices=DeliveryStatus.choices, required=False)
-    channel = serializers.ChoiceField(choices=Channel.choices, required=False)
+    userId = UserIdField(required=False)
+    event = SlugField(required=False, max_length=EVENT_MAX_LENGTH)
+    status = StrictChoiceField(choices=DeliveryStatus.choices, required=False)
+    channel = StrictChoiceField(choices=Channel.choices, required=False)
 
 
 @extend_schema(parameters=[NotificationFilterSerializer])
-class NotificationListView(ListAPIView):  # type: ignore[type-arg]
+class NotificationListView(StrictRequestMixin, ListAPIView):  # type: ignore[type-arg]
     required_scope = ApiScope.READ
 
     serializer_class = NotificationSerializer
     pagination_class = NewestFirst
+    filter_serializer_class = NotificationFilterSerializer
 
     def get_queryset(self) -> Any:
         filters = NotificationFilterSerializer(data=filter_params(self.request, self.paginator))

@@ -6,30 +6,43 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
-from phonenumber_field.serializerfields import PhoneNumberField
 from rest_framework import serializers
 
 from channels.base import Channel
-from notifications.api.fields import RejectUnknownFieldsMixin, StrictCharField
-from notifications.locales import canonical_locale, is_valid_locale
+from notifications.api.fields import (
+    PhoneField,
+    RejectUnknownFieldsMixin,
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+)
+from notifications.locales import LOCALE_MAX_LENGTH, LOCALE_PATTERN, canonical_locale
 from preferences import tokens
 from preferences.models import Category, Device, Preference, Recipient, Suppression
 
 
 @functools.cache
-def _time_zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+def _time_zones() -> list[str]:
+    return sorted(zoneinfo.available_timezones())
 
 
 class RecipientSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
     userId = serializers.CharField(source="external_id", read_only=True)
     # The validator allows up to 320 characters; the column (and RFC 5321's path) holds 254.
     email = serializers.EmailField(
-        required=False, allow_null=True, allow_blank=True, max_length=254
+        required=False, allow_null=True, allow_blank=True, max_length=254, trim_whitespace=False
     )
-    phone = PhoneNumberField(required=False, allow_null=True, allow_blank=True)
-    locale = StrictCharField(required=False, allow_blank=True, max_length=35)
-    timezone = StrictCharField(required=False, allow_blank=True, max_length=64)
+    phone = PhoneField(required=False, allow_null=True, allow_blank=True)
+    # Checked as sent, then stored in canonical case with "-" (pt_br -> pt-BR).
+    locale = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=LOCALE_MAX_LENGTH,
+        pattern=LOCALE_PATTERN,
+        pattern_message="Not a language tag (BCP 47) such as 'en' or 'pt-BR'.",
+    )
+    # An enum in the schema too: no pattern tells an IANA name from a string that looks like one.
+    timezone = StrictChoiceField(choices=_time_zones(), required=False, allow_blank=True)
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
     updatedAt = serializers.DateTimeField(source="updated_at", read_only=True)
 
@@ -38,14 +51,7 @@ class RecipientSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer)
         fields = ["userId", "email", "phone", "locale", "timezone", "createdAt", "updatedAt"]
 
     def validate_locale(self, value: str) -> str:
-        if not is_valid_locale(value):
-            raise serializers.ValidationError("Not a locale tag such as 'en' or 'pt-BR'.")
         return canonical_locale(value)
-
-    def validate_timezone(self, value: str) -> str:
-        if value and value not in _time_zones():
-            raise serializers.ValidationError("Not an IANA time zone such as 'Europe/Lisbon'.")
-        return value
 
     def to_representation(self, instance: Recipient) -> dict[str, Any]:
         data = super().to_representation(instance)
@@ -76,7 +82,7 @@ class DeviceTokenField(StrictCharField):
 
 
 class DeviceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
-    platform = serializers.ChoiceField(choices=Device.Platform.choices)
+    platform = StrictChoiceField(choices=Device.Platform.choices)
     token = DeviceTokenField()
     deactivatedAt = serializers.DateTimeField(
         source="deactivated_at", read_only=True, allow_null=True
@@ -113,8 +119,8 @@ class PreferenceRuleSerializer(RejectUnknownFieldsMixin, serializers.Serializer)
     category = serializers.SlugRelatedField(
         slug_field="key", queryset=Category.objects.all(), allow_null=True, required=False
     )
-    channel = serializers.ChoiceField(choices=Channel.choices, allow_null=True, required=False)
-    enabled = serializers.BooleanField()
+    channel = StrictChoiceField(choices=Channel.choices, allow_null=True, required=False)
+    enabled = StrictBooleanField()
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
@@ -151,9 +157,9 @@ def preference_representation(preference: Preference) -> dict[str, Any]:
 
 
 class SuppressionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
-    channel = serializers.ChoiceField(choices=[("email", "email"), ("sms", "sms")])
+    channel = StrictChoiceField(choices=[("email", "email"), ("sms", "sms")])
     address = StrictCharField(max_length=320)
-    reason = serializers.ChoiceField(choices=Suppression.Reason.choices, default="manual")
+    reason = StrictChoiceField(choices=Suppression.Reason.choices, default="manual")
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
 
     class Meta:
@@ -164,8 +170,13 @@ class SuppressionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerialize
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
-        if attrs["channel"] == "email":
-            serializers.EmailField().run_validation(attrs["address"])
-        else:
-            attrs["address"] = str(PhoneNumberField().run_validation(attrs["address"]))
+        check = (
+            serializers.EmailField(trim_whitespace=False)
+            if attrs["channel"] == "email"
+            else PhoneField()
+        )
+        try:
+            attrs["address"] = str(check.run_validation(attrs["address"]))
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({"address": exc.detail}) from exc
         return attrs

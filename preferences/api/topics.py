@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from django.core.exceptions import ValidationError as DjangoValidationError
-from django.core.validators import validate_slug
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
@@ -17,8 +16,18 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from notifications.api.broadcasts import BulkJSONParser
-from notifications.api.fields import RejectUnknownFieldsMixin, StrictCharField
+from notifications.api.fields import (
+    SLUG_PATTERN,
+    TOPIC_MAX_LENGTH,
+    RejectUnknownFieldsMixin,
+    SlugField,
+    StrictCharField,
+    UniqueListField,
+    UserIdField,
+    ecma_pattern,
+)
 from notifications.api.pagination import StrictCursorPagination
+from notifications.api.requests import StrictRequestMixin
 from notifications.api.views import ERROR_RESPONSE
 from notifications.exceptions import NotFound
 from notifications.models import ApiScope
@@ -51,20 +60,21 @@ _TOPIC = OpenApiResponse(description='{"key", "name", "subscribers", "createdAt"
 # What a new topic's key may be (validated in TopicView.put).
 TOPIC_KEY = OpenApiParameter(
     "key",
-    {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$", "maxLength": 128},
+    {"type": "string", "pattern": ecma_pattern(SLUG_PATTERN), "maxLength": TOPIC_MAX_LENGTH},
     OpenApiParameter.PATH,
     required=True,
 )
 
 
 def _topic_or_404(key: str) -> Topic:
-    topic = selectors.topic_get(key=key)
+    # A key that is not a slug names no topic (and one with NUL could not even be looked up).
+    topic = selectors.topic_get(key=key) if re.search(SLUG_PATTERN, key) else None
     if topic is None:
         raise TopicNotFound(f"No topic {key!r}.")
     return topic
 
 
-class TopicView(APIView):
+class TopicView(StrictRequestMixin, APIView):
     required_scope = ApiScope.RECIPIENTS
 
     @extend_schema(responses={200: _TOPIC, 404: ERROR_RESPONSE})
@@ -80,11 +90,9 @@ class TopicView(APIView):
     )
     def put(self, request: Request, key: str) -> Response:
         try:
-            validate_slug(key)
-        except DjangoValidationError as exc:
-            raise serializers.ValidationError({"key": exc.messages}) from exc
-        if len(key) > 128:
-            raise serializers.ValidationError({"key": ["At most 128 characters."]})
+            SlugField(max_length=TOPIC_MAX_LENGTH).run_validation(key)
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({"key": exc.detail}) from exc
         serializer = TopicSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         topic, created = services.topic_upsert(key=key, name=serializer.validated_data["name"])
@@ -96,9 +104,7 @@ class TopicView(APIView):
 
 
 class UserIdsSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
-    userIds = serializers.ListField(
-        child=StrictCharField(max_length=255), allow_empty=False, max_length=MAX_USER_IDS_PER_CHANGE
-    )
+    userIds = UniqueListField(child=UserIdField(), min_length=1, max_length=MAX_USER_IDS_PER_CHANGE)
 
 
 class SubscriberSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
@@ -125,7 +131,7 @@ _CHANGE = OpenApiResponse(
 )
 
 
-class TopicSubscribersView(ListAPIView):  # type: ignore[type-arg]
+class TopicSubscribersView(StrictRequestMixin, ListAPIView):  # type: ignore[type-arg]
     required_scope = ApiScope.RECIPIENTS
 
     serializer_class = SubscriberSerializer

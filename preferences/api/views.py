@@ -2,15 +2,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from notifications.api.fields import RejectUnknownFieldsMixin
+from notifications.api.fields import RejectUnknownFieldsMixin, StrictCharField, StrictChoiceField
 from notifications.api.pagination import StrictCursorPagination, filter_params
+from notifications.api.requests import StrictRequestMixin
 from notifications.api.views import ERROR_RESPONSE
 from notifications.exceptions import NotFound, RecipientNotFound
 from notifications.models import ApiScope
@@ -32,7 +33,7 @@ def _recipient_or_404(user_id: str) -> Recipient:
     return recipient
 
 
-class RecipientView(APIView):
+class RecipientView(StrictRequestMixin, APIView):
     required_scope = ApiScope.RECIPIENTS
 
     @extend_schema(responses={200: RecipientSerializer, 404: ERROR_RESPONSE})
@@ -45,8 +46,6 @@ class RecipientView(APIView):
         summary="Create or replace a recipient",
     )
     def put(self, request: Request, user_id: str) -> Response:
-        if len(user_id) > 255:
-            raise NotFound("userId is longer than 255 characters.")
         serializer = RecipientSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         recipient, created = services.recipient_upsert(
@@ -63,7 +62,7 @@ class RecipientView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class DeviceListView(APIView):
+class DeviceListView(StrictRequestMixin, APIView):
     required_scope = ApiScope.RECIPIENTS
 
     @extend_schema(responses={200: DeviceSerializer(many=True), 404: ERROR_RESPONSE})
@@ -92,7 +91,7 @@ class DeviceListView(APIView):
         )
 
 
-class DeviceDetailView(APIView):
+class DeviceDetailView(StrictRequestMixin, APIView):
     required_scope = ApiScope.RECIPIENTS
 
     @extend_schema(responses={204: None, 404: ERROR_RESPONSE})
@@ -103,7 +102,7 @@ class DeviceDetailView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class PreferencesView(APIView):
+class PreferencesView(StrictRequestMixin, APIView):
     required_scope = ApiScope.RECIPIENTS
 
     @extend_schema(responses={200: PreferencesSerializer, 404: ERROR_RESPONSE})
@@ -137,8 +136,8 @@ class PreferencesView(APIView):
 
 class SuppressionFilterSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
     # Unknown parameters are refused: a misspelt filter would otherwise list everything.
-    channel = serializers.ChoiceField(choices=[("email", "email"), ("sms", "sms")], required=False)
-    address = serializers.CharField(required=False, max_length=320)
+    channel = StrictChoiceField(choices=[("email", "email"), ("sms", "sms")], required=False)
+    address = StrictCharField(required=False, max_length=320)
 
 
 class NewestSuppressionsFirst(StrictCursorPagination):
@@ -148,13 +147,14 @@ class NewestSuppressionsFirst(StrictCursorPagination):
     max_page_size = 500
 
 
-@extend_schema(parameters=[SuppressionFilterSerializer])
-class SuppressionListView(ListAPIView):  # type: ignore[type-arg]
+@extend_schema_view(get=extend_schema(parameters=[SuppressionFilterSerializer]))
+class SuppressionListView(StrictRequestMixin, ListAPIView):  # type: ignore[type-arg]
     """Destinations we no longer send to (hard bounces, complaints, SMS STOP, manual)."""
 
     required_scope = ApiScope.RECIPIENTS
     serializer_class = SuppressionSerializer
     pagination_class = NewestSuppressionsFirst
+    filter_serializer_class = SuppressionFilterSerializer
 
     def get_queryset(self) -> Any:
         filters = SuppressionFilterSerializer(data=filter_params(self.request, self.paginator))
@@ -181,7 +181,7 @@ class SuppressionListView(ListAPIView):  # type: ignore[type-arg]
         )
 
 
-class SuppressionDetailView(APIView):
+class SuppressionDetailView(StrictRequestMixin, APIView):
     required_scope = ApiScope.RECIPIENTS
 
     @extend_schema(responses={204: None, 404: ERROR_RESPONSE}, summary="Allow a destination again")

@@ -156,30 +156,24 @@ def test_data_is_optional(api_client, order_shipped, broker, django_capture_on_c
     assert Delivery.objects.get().content["subject"] == "Order  shipped"
 
 
-def test_duplicate_channels_are_collapsed_in_first_seen_order(
-    api_client, order_shipped, broker, django_capture_on_commit_callbacks
-):
+def test_duplicate_channels_are_refused_not_merged(api_client, order_shipped, broker):
+    # They used to be merged without a word.
     recipient = RecipientFactory()
-    with django_capture_on_commit_callbacks(execute=True):
-        response = api_client.post(
-            "/api/notify",
-            {
-                "userId": recipient.external_id,
-                "event": "order_shipped",
-                "channels": ["inapp", "email", "inapp", "email"],
-                "data": {"orderId": "9"},
-            },
-            format="json",
-        )
+    response = api_client.post(
+        "/api/notify",
+        {
+            "userId": recipient.external_id,
+            "event": "order_shipped",
+            "channels": ["inapp", "email", "inapp", "email"],
+            "data": {"orderId": "9"},
+        },
+        format="json",
+    )
 
-    assert response.status_code == 202
-    assert response.json()["deliveries"] == [
-        {"channel": "inapp", "status": "queued"},
-        {"channel": "email", "status": "queued"},
-    ]
-    assert Delivery.objects.count() == 2
-    assert broker.queued("inapp") == 1
-    assert broker.queued("email") == 1
+    assert response.status_code == 400, response.content
+    assert set(response.json()["error"]["fields"]) == {"channels"}
+    assert not Delivery.objects.exists()
+    assert broker.queued("inapp") == 0
 
 
 def test_all_four_channels_when_configured(

@@ -71,7 +71,8 @@ def test_recipient_fields_are_bounded(api_client, field, value):
 
 
 def test_a_user_id_in_the_path_is_bounded(api_client):
-    assert api_client.put(f"/api/recipients/{'u' * 256}", {}, format="json").status_code == 404
+    response = api_client.put(f"/api/recipients/{'u' * 256}", {}, format="json")
+    assert "userId" in _error(response, 400)["fields"]
 
 
 def test_a_device_token_is_bounded(api_client):

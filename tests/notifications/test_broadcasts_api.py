@@ -157,8 +157,16 @@ def test_progress_counts_deliveries_by_channel_status_and_skip_reason(
 
 
 def test_progress_of_a_user_id_broadcast_shows_the_list_size_only(api_client, news):
-    broadcast_id = _post(api_client, _body(audience={"userIds": ["a", "b", "a"]})).json()["id"]
+    broadcast_id = _post(api_client, _body(audience={"userIds": ["a", "b"]})).json()["id"]
     assert api_client.get(f"/api/broadcasts/{broadcast_id}").json()["audience"] == {"userIds": 2}
+
+
+def test_a_repeated_user_id_is_refused_not_merged(api_client, news):
+    response = _post(api_client, _body(audience={"userIds": ["a", "b", "a"]}))
+
+    assert response.status_code == 400, response.content
+    assert set(response.json()["error"]["fields"]["audience"]) == {"userIds"}
+    assert not Broadcast.objects.exists()
 
 
 def test_unknown_broadcasts_are_404(api_client):

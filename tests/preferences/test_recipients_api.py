@@ -159,7 +159,9 @@ def test_put_with_a_json_array_body(api_client):
 
 
 def test_user_id_over_255_characters(api_client):
-    assert_error(put(api_client, "u" * 256, FULL), 404, "not_found")
+    # The userId rule, as in a body (it was a 404).
+    error = assert_error(put(api_client, "u" * 256, FULL), 400, "validation_error")
+    assert set(error["fields"]) == {"userId"}
     assert not Recipient.objects.exists()
 
 
@@ -261,11 +263,13 @@ def test_a_new_recipient_with_an_erased_user_id_starts_clean(api_client, order_s
         ("put", "/api/recipients/a%00b/preferences"),
     ],
 )
-def test_user_id_with_a_nul_character_is_a_json_404(api_client, method, path):
-    # PostgreSQL cannot even compare text with NUL in it: this used to be a 500.
+def test_user_id_with_a_nul_character_is_refused(api_client, method, path):
+    # PostgreSQL cannot even compare text with NUL in it: this used to be a 500, then a 404;
+    # now the userId rule answers, as for a userId in a body.
     response = getattr(api_client, method)(path, {}, format="json")
 
-    assert_error(response, 404, "not_found")
+    error = assert_error(response, 400, "validation_error")
+    assert set(error["fields"]) == {"userId"}
     assert not Recipient.objects.exists()
 
 

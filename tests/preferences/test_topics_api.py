@@ -51,7 +51,7 @@ def test_subscribe_in_bulk_reports_unknown_users_and_is_idempotent(api_client):
 
     first = api_client.post(
         "/api/topics/news/subscribers",
-        {"userIds": ["alice", "ghost", "bob", "alice"]},
+        {"userIds": ["alice", "ghost", "bob"]},
         format="json",
     )
     assert first.status_code == 200, first.content
@@ -64,6 +64,20 @@ def test_subscribe_in_bulk_reports_unknown_users_and_is_idempotent(api_client):
         bob.pk,
     }
     assert api_client.get("/api/topics/news").json()["subscribers"] == 2
+
+
+@pytest.mark.parametrize("method", ["post", "delete"])
+def test_a_repeated_user_id_is_refused_not_merged(api_client, method):
+    _put(api_client, "news")
+    RecipientFactory(external_id="alice")
+
+    response = getattr(api_client, method)(
+        "/api/topics/news/subscribers", {"userIds": ["alice", "alice"]}, format="json"
+    )
+
+    assert response.status_code == 400, response.content
+    assert set(response.json()["error"]["fields"]) == {"userIds"}
+    assert not TopicSubscription.objects.exists()
 
 
 def test_unsubscribe_in_bulk(api_client):
