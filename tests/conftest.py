@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from django.conf import settings
 from kombu import Connection, Queue
 from kombu.message import Message
@@ -20,6 +21,17 @@ from tests.factories import CategoryFactory, EventFactory, TemplateFactory, crea
 from tests.workers import WorkerProcess, broker_queues, purge_broker, running_workers
 
 QUEUES = ("push", "email", "sms", "inapp", "maintenance")
+
+
+@pytest.fixture(autouse=True)
+def no_provider_paused() -> None:
+    """Circuits live in Redis and a configuration error pauses its provider even with the
+    breaker off (the test settings' default): a pause one test caused must not hold the
+    next test's deliveries."""
+    client = redis.Redis.from_url(settings.NOTIFY_GUARD_REDIS_URL)
+    keys = list(client.scan_iter("notify:circuit:*", count=1000))
+    if keys:
+        client.delete(*keys)
 
 
 class Broker:

@@ -28,13 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 def storage_url() -> str:
-    configured = str(settings.NOTIFY_API_RATE_LIMIT_STORAGE_URL)
-    if configured:
-        return configured
-    broker = str(settings.CELERY_BROKER_URL)
-    if broker.partition("://")[0].lower() in {"redis", "rediss"}:
-        return broker
-    return "redis://127.0.0.1:6379/0"
+    """NOTIFY_API_RATE_LIMIT_STORAGE_URL (its default is worked out in config/settings.py;
+    the system check refuses a scheme `limits` does not know)."""
+    return str(settings.NOTIFY_API_RATE_LIMIT_STORAGE_URL)
 
 
 @functools.lru_cache(maxsize=8)
