@@ -78,11 +78,12 @@ class CircuitOpen(Exception):
     """No call now; ``cause`` is the configuration error that paused the provider, if any."""
 
     def __init__(self, provider: str, retry_after: float, cause: str = "") -> None:
-        super().__init__(
-            f"{provider}: paused, misconfigured: {cause}"
+        self.detail = (
+            f"paused, misconfigured: {cause}"
             if cause
-            else f"{provider}: paused after repeated failures (circuit open)"
+            else "paused after repeated failures (circuit open)"
         )
+        super().__init__(f"{provider}: {self.detail}")
         self.retry_after = retry_after
         self.cause = cause
 

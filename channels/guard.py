@@ -56,7 +56,7 @@ def guarded_call(
         admission = circuit.admit(provider)
     except circuit.CircuitOpen as exc:
         raise ProviderPaused(
-            str(exc),
+            exc.detail,  # ProviderPaused names the provider itself
             reason=MISCONFIGURED if exc.cause else "circuit_open",
             retry_after=exc.retry_after,
             provider=provider,
