@@ -188,11 +188,10 @@ class APNsSender:
             problems.append("APNS_PRIVATE_KEY (or APNS_PRIVATE_KEY_FILE) is not set.")
         else:
             problems.extend(_key_problems(settings.APNS_PRIVATE_KEY))
-        if not str(settings.APNS_ENDPOINT).startswith("https://"):
-            problems.append(
-                f"APNS_ENDPOINT={settings.APNS_ENDPOINT!r} is not an https:// URL "
-                "(APNs only speaks HTTP/2 over TLS)."
-            )
+        from channels.checks import url_problem
+
+        if problem := url_problem("APNS_ENDPOINT", str(settings.APNS_ENDPOINT), {"https"}):
+            problems.append(f"{problem} (APNs only speaks HTTP/2 over TLS)")
         if settings.APNS_CA_FILE and not os.path.isfile(settings.APNS_CA_FILE):
             problems.append(f"APNS_CA_FILE={settings.APNS_CA_FILE!r} is not a readable file.")
         return problems

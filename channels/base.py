@@ -117,8 +117,11 @@ class TransientDeliveryError(DeliveryError):
 
 
 class ProviderPaused(TransientDeliveryError):
-    """The provider was not called: its circuit is open (an outage) or its rate limit had no
-    room within the wait allowed (``reason``: "circuit_open" or "rate_limited").
+    """The provider was not called: its circuit is open (an outage), it is paused because it
+    refused our configuration, or its rate limit had no room within the wait allowed
+    (``reason``: "circuit_open", "misconfigured" or "rate_limited"; push also has
+    "time_budget"). A call the provider refused for our settings ends the same way: it was
+    an attempt of nothing the delivery could change.
 
     Not an attempt: the delivery goes back to ``queued`` without spending an attempt or a
     Celery retry and is tried again after ``retry_after`` seconds (``channels/guard.py``). A
@@ -156,7 +159,9 @@ class PermanentDeliveryError(DeliveryError):
 
 
 class ProviderConfigurationError(Exception):
-    """Provider settings are wrong; raised at start-up by system checks, never retried."""
+    """Provider settings are wrong: every message would fail the same way until an operator
+    fixes them. The system checks find what they can at start-up; one met at send time pauses
+    the provider (``channels/guard.py``): its deliveries wait in ``queued``, never failed."""
 
 
 # What a batch call answers for each message it carried (a configuration error found in one

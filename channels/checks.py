@@ -46,3 +46,84 @@ def check_providers(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         for problem in provider_class.check_configuration():
             errors.append(Error(f"{setting} ({path}): {problem}", id="channels.E004"))
     return errors
+
+
+# --- settings read lazily at the first send: wrong values must stop the start instead --------
+
+# (setting, lowest allowed, whether the lowest itself is allowed)
+_GUARD_NUMBERS: tuple[tuple[str, float, bool], ...] = (
+    ("NOTIFY_PROVIDER_TIMEOUT_SECONDS", 0, False),
+    ("NOTIFY_PROVIDER_HTTP_POOL_SIZE", 1, True),
+    ("NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS", 0, True),
+    ("NOTIFY_CIRCUIT_FAILURES", 1, True),
+    ("NOTIFY_CIRCUIT_WINDOW_SECONDS", 0, False),
+    ("NOTIFY_CIRCUIT_COOLDOWN_SECONDS", 0, False),
+    ("NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS", 0, False),
+    ("NOTIFY_GUARD_REDIS_RETRY_SECONDS", 0, True),
+    ("NOTIFY_EMAIL_BATCH_SIZE", 1, True),
+)
+# What redis-py's from_url takes (the guard's client).
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
+
+
+def number_problems(
+    table: tuple[tuple[str, float, bool], ...], values: dict[str, Any] | None = None
+) -> list[str]:
+    """``setting=value`` problems for numbers below their lowest sensible value."""
+    problems = []
+    for name, lowest, inclusive in table:
+        value = values[name] if values is not None else getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{name}={value!r} is not a number.")
+        elif value < lowest or (value == lowest and not inclusive):
+            bound = f"at least {lowest:g}" if inclusive else f"more than {lowest:g}"
+            problems.append(f"{name}={value!r} must be {bound}.")
+    return problems
+
+
+def limit_problem(name: str, text: str) -> str:
+    """Why ``text`` is not a rate limit in the `limits` notation ("" when it is)."""
+    from limits import parse_many
+
+    try:
+        parse_many(text)
+    except ValueError as exc:
+        return f"{name}={text!r} is not a rate limit ('30/second', '5/second;100/minute'): {exc}"
+    return ""
+
+
+def url_problem(name: str, value: str, schemes: set[str], *, host: bool = True) -> str:
+    """Why ``value`` is not a URL with one of ``schemes`` (and a host) ("" when it is)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        return f"{name}={value!r} is not a URL: {exc}"
+    if parts.scheme.lower() not in schemes:
+        allowed = ", ".join(f"{scheme}://" for scheme in sorted(schemes))
+        return f"{name}={value!r} is not a {allowed} URL."
+    if host and not parts.hostname:
+        return f"{name}={value!r} has no host."
+    return ""
+
+
+@register()
+def check_guard_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """The provider gate's settings (channels/guard.py), read at the first send."""
+    problems = number_problems(_GUARD_NUMBERS)
+    share = settings.NOTIFY_RATE_LIMIT_BULK_SHARE
+    if not 0 < share <= 1:
+        problems.append(f"NOTIFY_RATE_LIMIT_BULK_SHARE={share!r} must be in (0, 1].")
+    for provider, text in settings.NOTIFY_RATE_LIMITS.items():
+        problem = text and limit_problem(f"NOTIFY_RATE_LIMITS[{provider!r}]", str(text))
+        if problem:
+            problems.append(problem)
+    for channel, threads in settings.NOTIFY_DELIVERY_BATCH_THREADS.items():
+        if not isinstance(threads, int) or threads < 1:
+            problems.append(f"NOTIFY_DELIVERY_BATCH_THREADS[{channel!r}]={threads!r} must be >= 1.")
+    redis_url = str(settings.NOTIFY_GUARD_REDIS_URL)
+    problem = url_problem("NOTIFY_GUARD_REDIS_URL", redis_url, _REDIS_SCHEMES, host=False)
+    if problem:
+        problems.append(problem)
+    return [Error(problem, id="channels.E005") for problem in problems]

@@ -12,6 +12,14 @@ half-open after the cool-down exactly one call, the probe, goes through (``SET N
 
 A Retry-After on a transient error extends an open circuit to at least that long; on its own
 it does not open one (an APNs 429 is about one device token, not the whole provider).
+
+A configuration error (a refused sender, credentials, an endpoint) opens the circuit at once,
+whatever NOTIFY_CIRCUIT_BREAKER says, with its reason kept (``pause_for_configuration``): every
+call would fail the same way until an operator fixes a setting, so the deliveries wait in
+``queued`` instead of being dead-lettered one by one. It is logged at ERROR once per pause and
+shown by /healthz. After ``NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS`` one probe goes through, as
+after an outage: its success (the settings were fixed and the workers restarted, or the
+provider's side was fixed) closes the circuit and the waiting deliveries go out by themselves.
 Redis unreachable: calls go through as if closed, rather than failing deliveries.
 """
 
@@ -67,9 +75,17 @@ class State(StrEnum):
 
 
 class CircuitOpen(Exception):
-    def __init__(self, provider: str, retry_after: float) -> None:
-        super().__init__(f"{provider}: paused after repeated failures (circuit open)")
+    """No call now; ``cause`` is the configuration error that paused the provider, if any."""
+
+    def __init__(self, provider: str, retry_after: float, cause: str = "") -> None:
+        self.detail = (
+            f"paused, misconfigured: {cause}"
+            if cause
+            else "paused after repeated failures (circuit open)"
+        )
+        super().__init__(f"{provider}: {self.detail}")
         self.retry_after = retry_after
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -81,11 +97,32 @@ class Admission:
     # Failures in a row were counted when the call was let through: a success must clear
     # them (otherwise a success costs no write).
     failing: bool = True
+    # The configuration error a probe is testing ("" after an outage).
+    cause: str = ""
+
+
+@dataclass(frozen=True)
+class Status:
+    """One provider's circuit as /healthz shows it."""
+
+    state: State
+    cause: str = ""  # the configuration error that paused it; "" for an outage
+    retry_after: float = 0.0  # seconds until the next probe may go (0 when half-open)
+
+    def describe(self) -> str:
+        if self.cause:
+            return f"paused: {self.cause}"
+        return "open: repeated failures" if self.state == State.OPEN else "probing"
 
 
 def enabled() -> bool:
     """On, and its Redis reachable (else calls go through: channels/guard_redis.py)."""
     return bool(settings.NOTIFY_CIRCUIT_BREAKER) and guard_redis.available()
+
+
+def _reachable() -> bool:
+    """Whether to ask Redis at all: a configuration pause applies even with the breaker off."""
+    return guard_redis.available()
 
 
 @functools.cache
@@ -106,6 +143,30 @@ def _keys(provider: str) -> tuple[str, str, str, str]:
     return f"{base}:failures", f"{base}:open", f"{base}:tripped", f"{base}:probe"
 
 
+def _cause_key(provider: str) -> str:
+    """The configuration error that paused the provider; there as long as ``tripped``."""
+    return f"{_PREFIX}:{provider}:config"
+
+
+# KEYS: open, tripped, cause, failures, probe. ARGV: cool-down ms, tripped ttl ms, reason,
+# 1 when the call was the probe. Returns 1 when the provider was not paused for its
+# configuration yet (the pause starts now: worth an ERROR), else 0.
+_CONFIG_SCRIPT = """
+local new = redis.call('EXISTS', KEYS[3]) == 0
+redis.call('SET', KEYS[1], 'config', 'PX', ARGV[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
+redis.call('DEL', KEYS[4])
+if ARGV[4] == '1' then
+    redis.call('DEL', KEYS[5])
+end
+if new then
+    return 1
+end
+return 0
+"""
+
+
 def _probe_ttl_ms() -> int:
     # The probe may wait for the rate limit, then run into the provider timeout.
     seconds = (
@@ -116,7 +177,7 @@ def _probe_ttl_ms() -> int:
 
 def admit(provider: str) -> Admission:
     """Let a call through, or raise CircuitOpen with the seconds to wait."""
-    if not enabled():
+    if not _reachable():
         return Admission(provider)
     failures_key, open_key, tripped_key, probe_key = _keys(provider)
     try:
@@ -125,16 +186,18 @@ def admit(provider: str) -> Admission:
         pipe.pttl(open_key)
         pipe.exists(tripped_key)
         pipe.exists(failures_key)
-        open_ms, tripped, failing = pipe.execute()
+        pipe.get(_cause_key(provider))
+        open_ms, tripped, failing, raw_cause = pipe.execute()
+        cause = raw_cause.decode(errors="replace") if raw_cause else ""
         if open_ms > 0:
-            raise CircuitOpen(provider, open_ms / 1000)
+            raise CircuitOpen(provider, open_ms / 1000, cause)
         if not tripped:
             return Admission(provider, failing=bool(failing))
         if client.set(probe_key, "1", nx=True, px=_probe_ttl_ms()):
             logger.warning("circuit of %s half-open: probing", provider)
-            return Admission(provider, probe=True)
+            return Admission(provider, probe=True, cause=cause)
         probe_ms = int(client.pttl(probe_key))
-        raise CircuitOpen(provider, max(1.0, probe_ms / 1000))
+        raise CircuitOpen(provider, max(1.0, probe_ms / 1000), cause)
     except redis.RedisError as exc:
         guard_redis.mark_unavailable(exc)
         return Admission(provider)
@@ -143,13 +206,21 @@ def admit(provider: str) -> Admission:
 def record_success(admission: Admission) -> None:
     """The provider answered (sent, or refused the message itself): the failures in a row
     end; a successful probe closes the circuit."""
-    if not enabled():
+    if not _reachable() or not (admission.probe or enabled()):
         return
     failures_key, open_key, tripped_key, probe_key = _keys(admission.provider)
     try:
         if admission.probe:
-            _redis().delete(failures_key, open_key, tripped_key, probe_key)
-            logger.warning("circuit of %s closed: the probe succeeded", admission.provider)
+            _redis().delete(
+                failures_key, open_key, tripped_key, probe_key, _cause_key(admission.provider)
+            )
+            if admission.cause:
+                logger.warning(
+                    "%s resumed: the probe succeeded, its configuration is fixed",
+                    admission.provider,
+                )
+            else:
+                logger.warning("circuit of %s closed: the probe succeeded", admission.provider)
         elif admission.failing:
             _redis().delete(failures_key)
     except redis.RedisError as exc:
@@ -157,10 +228,18 @@ def record_success(admission: Admission) -> None:
 
 
 def record_failure(admission: Admission, *, retry_after: float | None = None) -> None:
-    """A transient failure: counted towards opening the circuit; a failed probe reopens it."""
-    if not enabled():
+    """A transient failure: counted towards opening the circuit; a failed probe reopens it.
+
+    A configuration probe that fails transiently found the settings fixed but the provider
+    down: an outage now (with the breaker off, the circuit just closes)."""
+    if not _reachable():
         return
     failures_key, open_key, tripped_key, probe_key = _keys(admission.provider)
+    if admission.probe and admission.cause and not enabled():
+        release(admission, close=True)
+        return
+    if not enabled():
+        return
     cooldown_ms = int(float(settings.NOTIFY_CIRCUIT_COOLDOWN_SECONDS) * 1000)
     retry_after_ms = int((retry_after or 0) * 1000)
     try:
@@ -170,7 +249,7 @@ def record_failure(admission: Admission, *, retry_after: float | None = None) ->
             pipe = client.pipeline()
             pipe.set(open_key, "1", px=pause_ms)
             pipe.set(tripped_key, "1", px=_TRIPPED_TTL_MS)
-            pipe.delete(probe_key)
+            pipe.delete(probe_key, _cause_key(admission.provider))
             pipe.execute()
             logger.warning("circuit of %s reopened: the probe failed", admission.provider)
             return
@@ -192,28 +271,91 @@ def record_failure(admission: Admission, *, retry_after: float | None = None) ->
         guard_redis.mark_unavailable(exc)
 
 
-def release(admission: Admission) -> None:
-    """The admitted call was not made (rate limit, bug): let another process probe."""
-    if not (enabled() and admission.probe):
-        return
+def pause_for_configuration(admission: Admission, reason: str) -> float:
+    """The provider refused our settings: pause it for the configuration cool-down, keeping
+    the reason; returns the seconds until the probe. Logged at ERROR when the pause starts
+    (not for each delivery it holds), at WARNING when a probe finds it still wrong."""
+    cooldown = float(settings.NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS)
+    if not _reachable():
+        # Nowhere to share the pause: this delivery still waits, rather than failing.
+        logger.error("%s misconfigured (guard Redis away): %s", admission.provider, reason)
+        return cooldown
+    failures_key, open_key, tripped_key, probe_key = _keys(admission.provider)
     try:
-        _redis().delete(_keys(admission.provider)[3])
+        new = _redis().eval(
+            _CONFIG_SCRIPT,
+            5,
+            open_key,
+            tripped_key,
+            _cause_key(admission.provider),
+            failures_key,
+            probe_key,
+            int(cooldown * 1000),
+            _TRIPPED_TTL_MS,
+            reason[:_MAX_CAUSE],
+            "1" if admission.probe else "0",
+        )
+    except redis.RedisError as exc:
+        guard_redis.mark_unavailable(exc)
+        return cooldown
+    if new:
+        logger.error(
+            "%s PAUSED, its configuration is wrong (%s). Its deliveries wait in queued (none is "
+            "failed); fix the setting and restart the workers: a probe every %gs resumes it.",
+            admission.provider,
+            reason,
+            cooldown,
+        )
+    elif admission.probe:
+        logger.warning("%s still misconfigured (probe refused): %s", admission.provider, reason)
+    return cooldown
+
+
+# A provider's reason is its own error text; bounded so a huge reply cannot fill Redis.
+_MAX_CAUSE = 500
+
+
+def release(admission: Admission, *, close: bool = False) -> None:
+    """The admitted call was not made (rate limit, bug): let another process probe.
+    ``close``: the probe settled the pause without an answer that counts (breaker off)."""
+    if not (_reachable() and admission.probe):
+        return
+    keys = [*_keys(admission.provider), _cause_key(admission.provider)] if close else []
+    try:
+        _redis().delete(*(keys or [_keys(admission.provider)[3]]))
     except redis.RedisError as exc:
         guard_redis.mark_unavailable(exc)
 
 
-def state(provider: str) -> State:
-    """The circuit's state as the next call would find it (for tests, logs and metrics)."""
+def status(provider: str) -> Status:
+    """The circuit as the next call would find it (for tests, logs, /healthz)."""
     _, open_key, tripped_key, _ = _keys(provider)
     pipe = _redis().pipeline()
     pipe.pttl(open_key)
     pipe.exists(tripped_key)
-    open_ms, tripped = pipe.execute()
+    pipe.get(_cause_key(provider))
+    open_ms, tripped, raw_cause = pipe.execute()
+    cause = raw_cause.decode(errors="replace") if raw_cause else ""
     if open_ms > 0:
-        return State.OPEN
-    return State.HALF_OPEN if tripped else State.CLOSED
+        return Status(State.OPEN, cause, open_ms / 1000)
+    return Status(State.HALF_OPEN if tripped else State.CLOSED, cause if tripped else "")
+
+
+def state(provider: str) -> State:
+    return status(provider).state
+
+
+def not_closed() -> dict[str, Status]:
+    """Every provider whose circuit is open or half-open (paused or probing), by name."""
+    client = _redis()
+    suffix = ":tripped"
+    names = sorted(
+        key.decode()[len(_PREFIX) + 1 : -len(suffix)]
+        for key in client.scan_iter(match=f"{_PREFIX}:*{suffix}", count=1000)
+    )
+    return {name: status(name) for name in names}
 
 
 def reset(provider: str) -> None:
     """Close the circuit and forget its failures (an operator's override; tests)."""
-    _redis().delete(*_keys(provider))
+    _redis().delete(*_keys(provider), _cause_key(provider))

@@ -38,7 +38,11 @@ class EmailProvider:
         return _provider_name(_connection_settings())
 
     def send(self, message: OutboundMessage) -> ProviderResult:
-        from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused
+        from anymail.exceptions import (
+            AnymailAPIError,
+            AnymailInvalidAddress,
+            AnymailRecipientsRefused,
+        )
 
         address = message.destination.email or ""
         content = message.content
@@ -46,7 +50,7 @@ class EmailProvider:
         email = EmailMultiAlternatives(
             subject=content.get("subject", ""),
             body=content.get("body", ""),
-            from_email=settings.DEFAULT_FROM_EMAIL,
+            from_email=sender(),
             to=[address],
             headers={"Message-ID": msgid},
         )
@@ -75,10 +79,26 @@ class EmailProvider:
             ) from exc
         except AnymailAPIError as exc:
             _raise_for_esp_error(exc, provider)
+        except AnymailInvalidAddress as exc:
+            # The sender was checked above, so it is the recipient's address anymail cannot
+            # parse: no ESP would take it.
+            raise PermanentDeliveryError(
+                str(exc), provider=provider, dead_address=address, suppress_reason="invalid"
+            ) from exc
         except smtplib.SMTPRecipientsRefused as exc:
             smtp_code, smtp_text = next(iter(exc.recipients.values()))
             _raise_for_smtp_code(smtp_code, smtp_text, provider, address, exc)
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+        except smtplib.SMTPSenderRefused as exc:
+            if exc.smtp_code >= 500:
+                # The server refuses our MAIL FROM: every message would be refused the same
+                # way until DEFAULT_FROM_EMAIL (or the relay's policy) is fixed.
+                detail = exc.smtp_error.decode(errors="replace")
+                raise ProviderConfigurationError(
+                    f"{provider} {exc.smtp_code}: sender {exc.sender!r} refused: {detail} "
+                    "(check DEFAULT_FROM_EMAIL)"
+                ) from exc
+            _raise_for_smtp_code(exc.smtp_code, exc.smtp_error, provider, None, exc)
+        except smtplib.SMTPDataError as exc:
             _raise_for_smtp_code(exc.smtp_code, exc.smtp_error, provider, None, exc)
         except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError) as exc:
             # Wrong EMAIL_URL credentials or a server without the auth we need: retrying
@@ -101,6 +121,7 @@ class EmailProvider:
         key = _connection_settings()
         return email_batch.send_many(
             messages,
+            sender=sender(),
             provider=_provider_name(key),
             send=lambda email: _send_on_kept_connection(email, key),
             raise_for_esp_error=_raise_for_esp_error,
@@ -108,7 +129,8 @@ class EmailProvider:
 
     @classmethod
     def check_configuration(cls) -> list[str]:
-        problems = [] if settings.DEFAULT_FROM_EMAIL else ["DEFAULT_FROM_EMAIL is empty."]
+        problem = sender_problem(str(settings.DEFAULT_FROM_EMAIL))
+        problems = [problem] if problem else []
         try:
             # Builds the backend without sending: anymail reads (and demands) its settings here.
             backend = get_connection(fail_silently=False)
@@ -135,6 +157,40 @@ class EmailProvider:
 
             problems.extend(tracking_webhook_problems(esp_name))
         return problems
+
+
+def sender() -> str:
+    """DEFAULT_FROM_EMAIL, or a configuration error when it is not one address anymail (and
+    so the ESP) can use: every message would be refused for it (AnymailInvalidAddress)."""
+    value = str(settings.DEFAULT_FROM_EMAIL)
+    problem = sender_problem(value)
+    if problem:
+        raise ProviderConfigurationError(f"email: {problem}")
+    return value
+
+
+@functools.lru_cache(maxsize=8)
+def sender_problem(value: str) -> str:
+    """Why ``value`` cannot be the From of our messages ("" when it can): it must parse, as
+    anymail parses it before any ESP call, to exactly one address with a domain; a display
+    name is fine ("Shop <notify@shop.example>"). Quotes kept from a shell-quoted env file
+    ("'Shop <notify@shop.example>'") are the classic way to get this wrong."""
+    from anymail.exceptions import AnymailInvalidAddress
+    from anymail.utils import parse_single_address
+
+    if not value.strip():
+        return "DEFAULT_FROM_EMAIL is empty."
+    hint = ""
+    if value[:1] in "'\"" and value[:1] == value[-1:]:
+        hint = " (remove the quotes around it: the env file's quotes were kept)"
+    try:
+        parsed = parse_single_address(value, field="DEFAULT_FROM_EMAIL")
+    except AnymailInvalidAddress as exc:
+        reason = str(exc).splitlines()[0]  # anymail appends the parser's chain of causes
+        return f"DEFAULT_FROM_EMAIL={value!r} is not one valid address: {reason}{hint}"
+    if "@" not in parsed.addr_spec or parsed.addr_spec.endswith("@"):
+        return f"DEFAULT_FROM_EMAIL={value!r} has no domain{hint}."
+    return ""
 
 
 def _connect(key: Hashable) -> Any:

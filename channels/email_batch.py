@@ -84,6 +84,7 @@ def _content_key(message: OutboundMessage) -> Hashable:
 def send_many(
     messages: Sequence[OutboundMessage],
     *,
+    sender: str,
     provider: str,
     send: Callable[[EmailMultiAlternatives], None],
     raise_for_esp_error: Callable[[Exception, str], NoReturn],
@@ -93,13 +94,13 @@ def send_many(
     A failure of the whole call (the ESP down, throttled, unreachable, a bad token) is raised
     as the single send raises it: it is every message's answer.
     """
-    from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused
+    from anymail.exceptions import AnymailAPIError, AnymailInvalidAddress, AnymailRecipientsRefused
 
     first = messages[0]
     email = EmailMultiAlternatives(
         subject=first.content.get("subject", ""),
         body=first.content.get("body", ""),
-        from_email=settings.DEFAULT_FROM_EMAIL,
+        from_email=sender,
         to=[message.destination.email or "" for message in messages],
     )
     if first.content.get("html"):
@@ -112,6 +113,10 @@ def send_many(
         send(email)
     except AnymailRecipientsRefused:
         pass  # every address was refused: the per-address statuses below say how
+    except AnymailInvalidAddress:
+        # One address anymail cannot parse stops the whole call before it is made (the
+        # sender was checked before): that one is dead, the others go again on their own.
+        return [_unparsed(message, provider) for message in messages]
     except AnymailAPIError as exc:
         partial = _answers_from_batch_reply(exc, messages, provider)
         if partial is None:
@@ -142,6 +147,22 @@ def send_many(
                 )
             )
     return answers
+
+
+def _unparsed(message: OutboundMessage, provider: str) -> BatchAnswer:
+    from anymail.exceptions import AnymailInvalidAddress
+    from anymail.utils import parse_single_address
+
+    address = message.destination.email or ""
+    try:
+        parse_single_address(address)
+    except AnymailInvalidAddress as exc:
+        return PermanentDeliveryError(
+            str(exc), provider=provider, dead_address=address, suppress_reason="invalid"
+        )
+    return TransientDeliveryError(
+        "not sent: another address of its batch call was invalid", provider=provider
+    )
 
 
 def _refused(address: str, state: str, reply: dict[str, Any], provider: str) -> BatchAnswer:

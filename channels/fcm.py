@@ -91,11 +91,16 @@ class FCMSender:
 
     @classmethod
     def check_configuration(cls) -> list[str]:
+        from channels.checks import url_problem
+
+        # http:// is for a local fake; the endpoint is only used at the first send.
+        problem = url_problem("FCM_ENDPOINT", str(settings.FCM_ENDPOINT), {"http", "https"})
+        problems = [problem] if problem else []
         try:
             _load_credentials()
         except ProviderConfigurationError as exc:
-            return [str(exc)]
-        return []
+            problems.append(str(exc))
+        return problems
 
     def _current_client(self) -> _Client:
         # Keyed by settings so tests that override them get a new client; in a worker they

@@ -5,6 +5,11 @@ here, so the single and batch delivery paths, and any provider added later, are 
 knowing it. A call that must not go now raises ``ProviderPaused`` (not an attempt: the
 delivery waits in ``queued``); what the provider answers feeds the breaker. docs/reliability.md
 has the states and settings.
+
+This is also the one place where a ``ProviderConfigurationError`` met at send time is decided:
+it pauses the provider (``circuit.pause_for_configuration``) and becomes a ``ProviderPaused``
+(reason "misconfigured"), so the delivery waits in ``queued`` instead of being dead-lettered,
+and goes out once a probe finds the configuration fixed.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
+from django.conf import settings
+
 from channels import circuit, ratelimit
 from channels.base import (
     BatchAnswer,
     OutboundMessage,
     PermanentDeliveryError,
     Provider,
+    ProviderConfigurationError,
     ProviderPaused,
     ProviderResult,
     TransientDeliveryError,
@@ -26,14 +34,32 @@ from channels.base import (
 T = TypeVar("T")
 
 
-def guarded_call(provider: str, *, bulk: bool, call: Callable[[], T], cost: int = 1) -> T:
+MISCONFIGURED = "misconfigured"  # ProviderPaused.reason of a configuration pause
+
+
+def _no_refused_settings(_: object) -> ProviderConfigurationError | None:
+    return None
+
+
+def guarded_call(
+    provider: str,
+    *,
+    bulk: bool,
+    call: Callable[[], T],
+    cost: int = 1,
+    refused_settings: Callable[[T], ProviderConfigurationError | None] = _no_refused_settings,
+) -> T:
     """``call()`` (one request to ``provider``, carrying ``cost`` messages) if its circuit and
-    rate limit allow it now."""
+    rate limit allow it now. ``refused_settings`` finds a configuration error in what the call
+    returned (a batch's answer for one of its messages): it pauses the provider too."""
     try:
         admission = circuit.admit(provider)
     except circuit.CircuitOpen as exc:
         raise ProviderPaused(
-            str(exc), reason="circuit_open", retry_after=exc.retry_after, provider=provider
+            exc.detail,  # ProviderPaused names the provider itself
+            reason=MISCONFIGURED if exc.cause else "circuit_open",
+            retry_after=exc.retry_after,
+            provider=provider,
         ) from None
     try:
         ratelimit.acquire(provider, bulk=bulk, cost=cost)
@@ -44,6 +70,9 @@ def guarded_call(provider: str, *, bulk: bool, call: Callable[[], T], cost: int 
         ) from None
     try:
         result = call()
+    except ProviderConfigurationError as exc:
+        retry_after = circuit.pause_for_configuration(admission, str(exc))
+        raise configuration_paused(provider, exc, retry_after) from exc
     except TransientDeliveryError as exc:
         circuit.record_failure(admission, retry_after=exc.retry_after)
         raise
@@ -52,10 +81,32 @@ def guarded_call(provider: str, *, bulk: bool, call: Callable[[], T], cost: int 
         circuit.record_success(admission)
         raise
     except BaseException:
-        circuit.release(admission)  # a bug or a configuration error says nothing of its health
+        circuit.release(admission)  # a bug says nothing of its health
         raise
-    circuit.record_success(admission)
+    refused = refused_settings(result)
+    if refused is not None:
+        circuit.pause_for_configuration(admission, str(refused))
+    else:
+        circuit.record_success(admission)
     return result
+
+
+def configuration_paused(
+    provider: str, error: ProviderConfigurationError, retry_after: float
+) -> ProviderPaused:
+    """What a delivery whose provider refused our settings gets: not an attempt, not failed;
+    it waits for the probe. Devices a push reached before are kept (``partial``)."""
+    return ProviderPaused(
+        f"paused, misconfigured: {error}",
+        reason=MISCONFIGURED,
+        retry_after=retry_after,
+        provider=provider,
+        partial=getattr(error, "partial", None),
+    )
+
+
+def _first_refused_settings(answers: list[BatchAnswer]) -> ProviderConfigurationError | None:
+    return next((a for a in answers if isinstance(a, ProviderConfigurationError)), None)
 
 
 def guarded_name(provider: Any) -> str:
@@ -95,13 +146,24 @@ class GuardedProvider:
         return [group[i : i + ceiling] for group in groups for i in range(0, len(group), ceiling)]
 
     def send_many(self, messages: Sequence[OutboundMessage]) -> list[BatchAnswer]:
-        """One gated call for a group from ``batch_groups``: it takes an entry per message."""
-        return guarded_call(
-            guarded_name(self.inner),
+        """One gated call for a group from ``batch_groups``: it takes an entry per message.
+        A message the ESP refused for our settings (a sender it does not accept) pauses the
+        provider, and that message waits like the ones the pause will hold."""
+        name = guarded_name(self.inner)
+        answers: list[BatchAnswer] = guarded_call(
+            name,
             bulk=messages[0].priority == "bulk",
             call=lambda: self.inner.send_many(messages),  # type: ignore[attr-defined]
             cost=len(messages),
+            refused_settings=_first_refused_settings,
         )
+        cooldown = float(settings.NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS)
+        return [
+            configuration_paused(name, answer, cooldown)
+            if isinstance(answer, ProviderConfigurationError)
+            else answer
+            for answer in answers
+        ]
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self.inner, attribute)

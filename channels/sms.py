@@ -40,8 +40,9 @@ DEAD_NUMBER_CODES: dict[int, str] = {
     21635: "invalid",  # a landline, in a country where Twilio does not try landlines
 }
 # The account, the sender or its permissions are wrong: every SMS would fail the same way until
-# an operator acts, so the delivery is dead-lettered (after the fix, replay it) and no number
-# is blamed. Each maps to the setting or console page to look at.
+# an operator acts, so Twilio is paused (channels/guard.py; its deliveries wait in queued and
+# go out once a probe passes) and no number is blamed. Each maps to the setting or console
+# page to look at.
 CONFIGURATION_CODES: dict[int, str] = {
     20003: "check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN",
     20005: "the Twilio account is not active",
@@ -49,14 +50,21 @@ CONFIGURATION_CODES: dict[int, str] = {
     21212: "check TWILIO_FROM_NUMBER",
     21603: "set TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID",
     21606: "check TWILIO_FROM_NUMBER (not an SMS-capable number of this account)",
-    21608: "a trial account can only send to verified numbers",
     21659: "check TWILIO_FROM_NUMBER (not a Twilio number of this account)",
     21660: "check TWILIO_FROM_NUMBER (it belongs to another account)",
-    21408: "enable the destination country in Twilio's Messaging Geo Permissions",
     21701: "check TWILIO_MESSAGING_SERVICE_SID",
     21703: "the Messaging Service has no sender in its pool",
     21704: "the Messaging Service has no sender in its pool",
     21705: "check TWILIO_MESSAGING_SERVICE_SID",
+}
+# The account may not send to this destination (its country, or an unverified number on a
+# trial account): an operator's matter, but one of this destination only. Pausing Twilio for
+# it would hold every other SMS (and let one recipient's number pause SMS for everyone), so
+# this message fails (dead letter, replayable once the account allows it), the number is not
+# suppressed and the others go on.
+DESTINATION_NOT_ALLOWED_CODES: dict[int, str] = {
+    21408: "enable the destination country in Twilio's Messaging Geo Permissions",
+    21608: "a trial account can only send to verified numbers",
 }
 _RATE_LIMITED = 20429
 
@@ -123,10 +131,15 @@ class SMSProvider:
             problems.append("TWILIO_AUTH_TOKEN (or TWILIO_AUTH_TOKEN_FILE) is not set.")
         if not settings.TWILIO_FROM_NUMBER and not settings.TWILIO_MESSAGING_SERVICE_SID:
             problems.append("neither TWILIO_FROM_NUMBER nor TWILIO_MESSAGING_SERVICE_SID is set.")
-        for setting in ("TWILIO_API_BASE", "TWILIO_STATUS_CALLBACK_URL"):
+        from channels.checks import url_problem
+
+        # Each is used as it is at the first send or the first webhook: a typo there fails
+        # every SMS (or every signature check) instead of the start.
+        for setting in ("TWILIO_API_BASE", "TWILIO_STATUS_CALLBACK_URL", "TWILIO_INBOUND_URL"):
             value = str(getattr(settings, setting))
-            if value and not value.startswith(("http://", "https://")):
-                problems.append(f"{setting}={value!r} is not an http(s) URL.")
+            problem = value and url_problem(setting, value, {"http", "https"})
+            if problem:
+                problems.append(problem)
         return problems
 
 
@@ -153,6 +166,9 @@ def _raise_for_twilio_error(
         raise PermanentDeliveryError(
             text, dead_address=phone, suppress_reason=DEAD_NUMBER_CODES[code], **details
         ) from exc
+    if code in DESTINATION_NOT_ALLOWED_CODES:
+        hint = DESTINATION_NOT_ALLOWED_CODES[code]
+        raise PermanentDeliveryError(f"{text} ({hint})", **details) from exc
     if code in CONFIGURATION_CODES:
         prefix = f"{_SOURCE} {status} code {code}"
         raise ProviderConfigurationError(f"{prefix}: {text} ({CONFIGURATION_CODES[code]})") from exc

@@ -163,7 +163,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(NOTIFY_MAX_BODY_BYTES, 2_621_440)
 # "1000/second", "100/second;5000/minute". A key's own limit (admin, or create_api_key
 # --rate-limit) replaces it. Empty: no limit. Over it: 429 with Retry-After.
 NOTIFY_API_RATE_LIMIT = env.str("NOTIFY_API_RATE_LIMIT", default="1000/second")
-# Where the counters live; empty means the broker when it is Redis, else local Redis db 0.
+# Where the counters live (a `limits` storage URL: redis://, rediss://, redis+sentinel://...);
+# empty means the broker when it is Redis, else local Redis db 0 (set after the broker below).
 NOTIFY_API_RATE_LIMIT_STORAGE_URL = env.str("NOTIFY_API_RATE_LIMIT_STORAGE_URL", default="")
 # Redis unreachable within this: requests go through unlimited for a few seconds (fail open).
 NOTIFY_API_RATE_LIMIT_TIMEOUT_SECONDS = env.float(
@@ -323,6 +324,15 @@ ANYMAIL = {
 
 # --- Celery ----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+# The Redis the guard and the API rate limit keep their state in when not told otherwise: the
+# broker's, when the broker is Redis. A RabbitMQ URL is no Redis URL (amqp:// in a Redis
+# client is an error at the first request or send), so then a local Redis.
+REDIS_URL_DEFAULT = (
+    CELERY_BROKER_URL
+    if CELERY_BROKER_URL.partition("://")[0].lower() in {"redis", "rediss"}
+    else "redis://127.0.0.1:6379/0"
+)
+NOTIFY_API_RATE_LIMIT_STORAGE_URL = NOTIFY_API_RATE_LIMIT_STORAGE_URL or REDIS_URL_DEFAULT
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 # Delivery tasks record their own outcome in the Delivery row; a result row per task would
@@ -411,13 +421,15 @@ NOTIFY_CIRCUIT_BREAKER = env.bool("NOTIFY_CIRCUIT_BREAKER", default=True)
 NOTIFY_CIRCUIT_FAILURES = env.int("NOTIFY_CIRCUIT_FAILURES", default=5)
 NOTIFY_CIRCUIT_WINDOW_SECONDS = env.float("NOTIFY_CIRCUIT_WINDOW_SECONDS", default=60.0)
 NOTIFY_CIRCUIT_COOLDOWN_SECONDS = env.float("NOTIFY_CIRCUIT_COOLDOWN_SECONDS", default=30.0)
-# Where limits and circuits live: the broker's Redis when the broker is Redis.
-NOTIFY_GUARD_REDIS_URL = env.str(
-    "NOTIFY_GUARD_REDIS_URL",
-    default=CELERY_BROKER_URL
-    if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
-    else "redis://127.0.0.1:6379/0",
+# A provider that refused our configuration at send time (a sender, a key, an endpoint) is
+# paused this long between probes: its deliveries wait in `queued` instead of being
+# dead-lettered, and go out once a probe passes (the setting fixed, the workers restarted).
+# Longer than the outage cool-down: a wrong setting takes an operator, not a few seconds.
+NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS = env.float(
+    "NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS", default=60.0
 )
+# Where limits and circuits live: the broker's Redis when the broker is Redis.
+NOTIFY_GUARD_REDIS_URL = env.str("NOTIFY_GUARD_REDIS_URL", default="") or REDIS_URL_DEFAULT
 # After that Redis fails once, providers are called without limits or circuits for this long
 # before it is asked again (channels/guard_redis.py), instead of every send waiting on it.
 NOTIFY_GUARD_REDIS_RETRY_SECONDS = env.float("NOTIFY_GUARD_REDIS_RETRY_SECONDS", default=5.0)
@@ -457,6 +469,7 @@ if BROKER_IS_REDIS:
                     3600,
                     NOTIFY_RETRY_BACKOFF_MAX * 2,
                     NOTIFY_CIRCUIT_COOLDOWN_SECONDS * 2,
+                    NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS * 2,
                     NOTIFY_LEASE_SECONDS * 2,
                     NOTIFY_LEASE_SECONDS
                     + NOTIFY_DELIVERY_BATCH

@@ -3,6 +3,11 @@
 import os
 
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+# With RabbitMQ as the broker, the guard's and the API rate limit's state still want a Redis:
+# the tests' own database, not a deployment's default db 0.
+if not os.environ["CELERY_BROKER_URL"].startswith(("redis://", "rediss://")):
+    os.environ.setdefault("NOTIFY_GUARD_REDIS_URL", "redis://127.0.0.1:6379/15")
+    os.environ.setdefault("NOTIFY_API_RATE_LIMIT_STORAGE_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("NOTIFY_RETRY_BACKOFF", "1")
 os.environ.setdefault("NOTIFY_RETRY_BACKOFF_MAX", "2")
 os.environ.setdefault("NOTIFY_MAX_RETRIES", "3")

@@ -6,4 +6,5 @@ class NotificationsConfig(AppConfig):
     verbose_name = "Notifications"
 
     def ready(self) -> None:
+        from notifications import checks  # noqa: F401  (registers the system checks)
         from notifications.api import schema  # noqa: F401  (registers the OpenAPI auth scheme)

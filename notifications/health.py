@@ -2,24 +2,48 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import current_app
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+
+from channels import circuit
 
 logger = logging.getLogger(__name__)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when both the database and the broker answer, 503 (naming which failed) otherwise."""
+    """200 when both the database and the broker answer, 503 (naming which failed) otherwise.
+
+    ``providers`` names every provider whose circuit is not closed: "paused: <the
+    configuration error>" (docs/reliability.md), "open: repeated failures", "probing". Such a
+    provider leaves the answer 200 with status "degraded": this process can still accept and
+    queue, and a 503 would only make an orchestrator restart or unroute the API, which fixes
+    no provider setting and would stop accepting notifications.
+    """
     checks = {"database": _database_ok(), "broker": _broker_ok()}
     healthy = all(checks.values())
+    providers = _providers()
+    status = "ok" if healthy else "unavailable"
+    if healthy and providers:
+        status = "degraded"
     return JsonResponse(
         {
-            "status": "ok" if healthy else "unavailable",
+            "status": status,
             **{name: "ok" if ok else "unavailable" for name, ok in checks.items()},
+            "providers": providers,
         },
         status=200 if healthy else 503,
     )
+
+
+def _providers() -> dict[str, str]:
+    try:
+        return {name: state.describe() for name, state in circuit.not_closed().items()}
+    except redis.RedisError:
+        # Where circuits live is away: providers are called as if closed (channels/guard.py).
+        logger.warning("health: guard Redis unavailable", exc_info=True)
+        return {}
 
 
 def _database_ok() -> bool:

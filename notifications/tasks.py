@@ -53,8 +53,9 @@ def _countdown(seconds: float) -> int:
 
 
 class DeliveryTask(Task):  # type: ignore[misc]
-    # Retried: provider hiccups and a database that blinked. Anything else is a bug or a
-    # misconfiguration and goes straight to the dead-letter table via on_failure.
+    # Retried: provider hiccups and a database that blinked. A provider that refused our
+    # configuration never gets here as such: the guard paused it (ProviderPaused, deferred).
+    # Anything else is a bug and goes straight to the dead-letter table via on_failure.
     autoretry_for = (TransientDeliveryError, OperationalError, InterfaceError)
     retry_backoff = settings.NOTIFY_RETRY_BACKOFF
     retry_backoff_max = settings.NOTIFY_RETRY_BACKOFF_MAX

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from django.conf import settings
 from django.dispatch import receiver
 from django.test.signals import setting_changed
@@ -39,6 +40,17 @@ def reload_urlconf() -> None:
     importlib.reload(importlib.import_module("channels.urls"))
     importlib.reload(importlib.import_module(settings.ROOT_URLCONF))
     clear_url_caches()
+
+
+@pytest.fixture(autouse=True)
+def no_provider_paused() -> None:
+    """Circuits live in Redis and a configuration error pauses its provider even with the
+    breaker off (the test settings' default): a pause one test caused must not hold the
+    next test's deliveries."""
+    client = redis.Redis.from_url(settings.NOTIFY_GUARD_REDIS_URL)
+    keys = list(client.scan_iter("notify:circuit:*", count=1000))
+    if keys:
+        client.delete(*keys)
 
 
 class Broker:

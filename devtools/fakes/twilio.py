@@ -10,8 +10,8 @@ The ``To`` number decides what happens (fictional numbers ``+1555010xxxx``):
 - ``+15550100XXX`` where ``21XXX`` is a code below: that error, status 400. ``0610`` 21610
   (replied STOP), ``0211`` 21211 (invalid), ``0214`` 21214, ``0614`` 21614 (not mobile),
   ``0635`` 21635 (landline), ``0612`` 21612 (not reachable from this sender), ``0408`` 21408
-  (region not enabled), ``0606`` 21606 (From not SMS-capable), ``0659`` 21659, ``0617``
-  21617 (body too long)
+  (region not enabled), ``0608`` 21608 (unverified, trial account), ``0606`` 21606 (From not
+  SMS-capable), ``0659`` 21659, ``0617`` 21617 (body too long)
 - ``+15550100429``: ``429`` code 20429 with ``Retry-After: 1``
 - ``+155501005NN``: ``500`` code 20500 for the first NN attempts at that number, then accepted
 - ``+155501003NN``: accepted, then the callback says ``undelivered`` with ErrorCode ``300NN``
@@ -66,6 +66,9 @@ _ERRORS = {
     "number: {sender} via SMS.",
     21408: "Permission to send an SMS has not been enabled for the region indicated by the "
     "'To' number: {to}.",
+    21608: "The number {to} is unverified. Trial accounts cannot send messages to unverified "
+    "numbers; verify {to} at twilio.com/user/account/phone-numbers/verified, or purchase a "
+    "Twilio number to send messages to unverified numbers.",
     21606: "The 'From' phone number provided ({sender}) is not a valid message-capable Twilio "
     "phone number for this destination.",
     21659: "'From' {sender} is not a Twilio phone number or Short Code country mismatch",

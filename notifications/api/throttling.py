@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from django.conf import settings
 from limits import RateLimitItem, parse_many
-from limits.errors import StorageError
+from limits.errors import ConfigurationError, StorageError
 from limits.storage import Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 from rest_framework.request import Request
@@ -28,13 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 def storage_url() -> str:
-    configured = str(settings.NOTIFY_API_RATE_LIMIT_STORAGE_URL)
-    if configured:
-        return configured
-    broker = str(settings.CELERY_BROKER_URL)
-    if broker.partition("://")[0].lower() in {"redis", "rediss"}:
-        return broker
-    return "redis://127.0.0.1:6379/0"
+    """NOTIFY_API_RATE_LIMIT_STORAGE_URL (its default is worked out in config/settings.py;
+    the system check refuses a scheme `limits` does not know)."""
+    return str(settings.NOTIFY_API_RATE_LIMIT_STORAGE_URL)
 
 
 @functools.lru_cache(maxsize=8)
@@ -72,12 +68,21 @@ class _FailOpen:
     def reset(self) -> None:
         self._until = 0.0
 
-    def trip(self, error: Exception) -> None:
+    def trip(self, error: Exception, *, misconfigured: bool = False) -> None:
         with self._lock:
             if self.active():
                 return
             self._until = time.monotonic() + self.pause_seconds
-        logger.warning("API rate limit not enforced for %ss: %s", self.pause_seconds, error)
+        if misconfigured:
+            # The system check refuses these settings; a process started without it must not
+            # answer every request 500 either.
+            logger.error(
+                "API rate limit not enforced for %ss: its settings are wrong (%s)",
+                self.pause_seconds,
+                error,
+            )
+        else:
+            logger.warning("API rate limit not enforced for %ss: %s", self.pause_seconds, error)
 
 
 fail_open = _FailOpen()
@@ -97,9 +102,14 @@ class ApiKeyRateThrottle(BaseThrottle):
         )
         if not text:  # "" disables the limit
             return True
-        limiter = _limiter(storage_url())
         try:
-            for item in parsed_limits(text):
+            limiter = _limiter(storage_url())
+            items = parsed_limits(text)
+        except (ConfigurationError, ValueError) as exc:
+            fail_open.trip(exc, misconfigured=True)
+            return True
+        try:
+            for item in items:
                 if not limiter.hit(item, api_key.prefix):
                     reset_at = limiter.get_window_stats(item, api_key.prefix).reset_time
                     self._wait = max(1.0, math.ceil(reset_at - time.time()))

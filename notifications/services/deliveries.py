@@ -15,7 +15,7 @@ from django.db.models import BooleanField, F, JSONField
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from channels import push, registry
+from channels import guard, push, registry
 from channels.base import (
     Channel,
     Destination,
@@ -160,7 +160,8 @@ def delivery_record(
     task_name: str = "",
 ) -> Outcome:
     """Record what the provider answered. A transient error is recorded, then re-raised;
-    so is ProviderPaused (the provider was not called), without spending an attempt."""
+    so is ProviderPaused (the provider was not called, or refused our configuration: the
+    guard paused it), without spending an attempt."""
     delivery, recipient = ready.delivery, ready.recipient
     if isinstance(error, ProviderPaused):
         _record_deferral(delivery, recipient, error)
@@ -280,10 +281,13 @@ def _record_transient(
 def _record_deferral(delivery: Delivery, recipient: Recipient, paused: ProviderPaused) -> None:
     with transaction.atomic():
         _retire_dead_destinations(delivery.channel, recipient, None, paused.partial)
+        note: dict[str, Any] = {"deferred": paused.reason, "retryAfter": paused.retry_after}
+        if paused.reason == guard.MISCONFIGURED:
+            note["error"] = str(paused)  # which setting the provider refused: why it waits
         transitions.release(
             [delivery.pk],
             lease_seconds=(paused.retry_after or 0.0) + settings.NOTIFY_LEASE_SECONDS,
-            note={"deferred": paused.reason, "retryAfter": paused.retry_after},
+            note=note,
             merge_results=_as_json(paused.partial),
         )
 

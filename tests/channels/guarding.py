@@ -92,3 +92,19 @@ def numbers(count: int, start: int = 0) -> list[str]:
 
 def received(server: FakeTwilioServer, number: str) -> int:
     return len(server.messages_to(number))
+
+
+def assert_paused_for_configuration(delivery: Delivery, provider: str, cause: str) -> None:
+    """``delivery`` waits in ``queued``, no attempt spent and no dead letter, because its
+    provider refused our configuration; the provider is paused with ``cause`` as its reason."""
+    from channels import circuit
+    from notifications.models import DeliveryStatus, FailedDelivery
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.QUEUED, 0), delivery.history
+    assert delivery.history[-1]["deferred"] == "misconfigured"
+    assert cause in delivery.history[-1]["error"]
+    assert not FailedDelivery.objects.filter(delivery=delivery).exists()
+    paused = circuit.status(provider)
+    assert paused.state == circuit.State.OPEN
+    assert cause in paused.cause

@@ -26,7 +26,7 @@ from channels import apns
 from channels.base import (
     Destination,
     OutboundMessage,
-    ProviderConfigurationError,
+    ProviderPaused,
     TransientDeliveryError,
 )
 from channels.checks import check_providers
@@ -36,6 +36,7 @@ from notifications.models import DeliveryStatus, FailedDelivery
 from notifications.services import Outcome
 from notifications.tasks import deliver_push, deliver_push_batch
 from preferences.models import Device
+from tests.channels.guarding import assert_paused_for_configuration
 from tests.channels.push import queued_push, send_push
 from tests.factories import DeviceFactory
 from tests.workers import WorkerProcess, running_worker, settled_delivery, standalone_fake, wait_for
@@ -269,10 +270,12 @@ def test_bad_path_for_a_valid_token_is_still_the_endpoints_fault(fake, order_shi
     device = _device("ok")
     delivery = queued_push(device.recipient, order_shipped)
 
-    with pytest.raises(ProviderConfigurationError, match=r"BadPath.*check APNS_ENDPOINT"):
+    with pytest.raises(ProviderPaused):  # a configuration error pauses APNs
         services.delivery_send(delivery_id=delivery.pk)
 
     assert [r["reason"] for r in fake.requests if r["path"].startswith("/apns/")][-1] == "BadPath"
+    assert_paused_for_configuration(delivery, "apns", "BadPath")
+    assert "check APNS_ENDPOINT" in delivery.history[-1]["error"]
     assert Device.objects.get(pk=device.pk).active
 
 
@@ -367,7 +370,7 @@ def test_an_unreachable_endpoint_is_transient(fake, order_shipped, settings):
         ("APNS_TOPIC", "com.example.other", "BadTopic"),
     ],
 )
-def test_wrong_credentials_dead_letter_loudly_without_retry(
+def test_wrong_credentials_pause_apns_loudly_without_retry(
     fake, order_shipped, settings, setting, value, reason
 ):
     setattr(settings, setting, new_signing_key() if value == "other key" else value)
@@ -376,14 +379,11 @@ def test_wrong_credentials_dead_letter_loudly_without_retry(
 
     result = deliver_push.apply(args=[delivery.pk])
 
-    assert result.failed()
+    assert result.successful() and result.result == Outcome.DEFERRED.value
     assert [r["reason"] for r in fake.requests_to(device.token)] == [reason]
-    delivery.refresh_from_db()
-    assert delivery.status == DeliveryStatus.FAILED
-    letter = FailedDelivery.objects.get(delivery=delivery)
-    assert letter.error_class == "channels.base.ProviderConfigurationError"
-    assert letter.error_message.startswith(f"APNs {403 if reason != 'BadTopic' else 400} {reason}")
-    assert "check APNS_" in letter.error_message
+    status = 403 if reason != "BadTopic" else 400
+    assert_paused_for_configuration(delivery, "apns", f"APNs {status} {reason}")
+    assert "check APNS_" in delivery.history[-1]["error"]
     assert Device.objects.get(pk=device.pk).active
 
 
@@ -392,9 +392,10 @@ def test_an_untrusted_server_certificate_is_a_configuration_error(fake, order_sh
     device = _device("ok")
     delivery = queued_push(device.recipient, order_shipped)
 
-    with pytest.raises(ProviderConfigurationError, match="APNS_CA_FILE"):
+    with pytest.raises(ProviderPaused):  # the task defers it (tasks._defer)
         services.delivery_send(delivery_id=delivery.pk)
 
+    assert_paused_for_configuration(delivery, "apns", "APNS_CA_FILE")
     assert fake.requests_to(device.token) == []
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from channels.base import ProviderConfigurationError, TransientDeliveryError
+from channels import circuit
+from channels.base import ProviderPaused, TransientDeliveryError
 from channels.checks import check_providers
 from devtools.fakes.postmark import DEFAULT_TOKEN, FakePostmark
 from notifications import services
@@ -20,6 +21,7 @@ from notifications.models import Delivery, DeliveryStatus, FailedDelivery
 from notifications.services import Outcome
 from notifications.tasks import deliver_email
 from preferences.models import Suppression
+from tests.channels.guarding import assert_paused_for_configuration
 from tests.factories import DeliveryFactory, RecipientFactory
 from tests.workers import WorkerProcess, running_worker, settled_delivery, wait_for
 
@@ -202,24 +204,52 @@ def test_postmark_unreachable_is_transient(order_shipped, settings, postmark):
         ({}, "unsigned@shop.example", "422 code 400"),
     ],
 )
-def test_bad_credentials_are_a_configuration_error_dead_lettered_not_retried(
+def test_bad_credentials_pause_postmark_instead_of_dead_lettering(
     order_shipped, settings, postmark, anymail, sender, expected
 ):
     _point_at(settings, postmark, **anymail)
     settings.DEFAULT_FROM_EMAIL = sender
     delivery = _queued(order_shipped, "erin@example.com")
+    waiting = _queued(order_shipped, "fred@example.com")
 
     result = deliver_email.apply(args=[delivery.pk])
 
-    assert result.failed()
-    delivery.refresh_from_db()
-    assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 1
-    letter = FailedDelivery.objects.get(delivery=delivery)
-    assert letter.error_class == "channels.base.ProviderConfigurationError"
-    assert letter.error_message.startswith(f"postmark {expected}: ")
-    assert len(postmark.requests) == 1
+    assert result.successful() and result.result == Outcome.DEFERRED.value
+    assert_paused_for_configuration(delivery, "postmark", f"postmark {expected}: ")
     assert not Suppression.objects.exists()
-    assert isinstance(result.result, ProviderConfigurationError)
+    # Paused: the next delivery does not ask Postmark to refuse it the same way.
+    assert deliver_email.apply(args=[waiting.pk]).result == Outcome.DEFERRED.value
+    assert_paused_for_configuration(waiting, "postmark", f"postmark {expected}: ")
+    assert len(postmark.requests) == 1
+
+
+@pytest.mark.django_db
+def test_a_sender_anymail_cannot_parse_pauses_email_without_calling_postmark(
+    order_shipped, via_postmark, settings
+):
+    # The literal quotes a shell-quoted env file leaves: every message was refused by anymail
+    # before any call (AnymailInvalidAddress) and dead-lettered, one by one.
+    settings.DEFAULT_FROM_EMAIL = "'Notifications <notify@example.com>'"
+    delivery = _queued(order_shipped, "gina@example.com")
+
+    with pytest.raises(ProviderPaused):  # the task defers it (tasks._defer)
+        services.delivery_send(delivery_id=delivery.pk)
+
+    assert_paused_for_configuration(delivery, "postmark", "DEFAULT_FROM_EMAIL")
+    assert via_postmark.requests == []
+
+
+@pytest.mark.django_db
+def test_a_recipient_address_anymail_cannot_parse_is_that_deliverys_alone(
+    order_shipped, via_postmark
+):
+    delivery = _queued(order_shipped, "no-at-sign.example.com")
+
+    assert services.delivery_send(delivery_id=delivery.pk) == Outcome.FAILED
+
+    letter = FailedDelivery.objects.get(delivery=delivery)
+    assert letter.error_class == "channels.base.PermanentDeliveryError"
+    assert circuit.state("postmark") == circuit.State.CLOSED
 
 
 def _email_errors() -> list[Any]:
@@ -255,6 +285,27 @@ def test_system_check_refuses_a_batch_size_postmark_would_refuse(settings):
 
     assert "NOTIFY_EMAIL_BATCH_SIZE=501" in error.msg
     settings.NOTIFY_EMAIL_BATCH_SIZE = 500
+    assert _email_errors() == []
+
+
+@pytest.mark.parametrize(
+    ("sender", "expected"),
+    [
+        ("'Notifications <notify@example.com>'", "remove the quotes"),
+        ("notify@example.com, other@example.com", "Only one email address"),
+        ("Notifications", "not one valid address"),
+        ("", "DEFAULT_FROM_EMAIL is empty"),
+    ],
+)
+def test_system_check_refuses_a_sender_anymail_would_refuse(settings, sender, expected):
+    settings.EMAIL_BACKEND = POSTMARK_BACKEND
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "t", "WEBHOOK_SECRET": WEBHOOK_SECRET}
+    settings.DEFAULT_FROM_EMAIL = sender
+
+    (error,) = _email_errors()
+
+    assert "DEFAULT_FROM_EMAIL" in error.msg and expected in error.msg
+    settings.DEFAULT_FROM_EMAIL = "Notifications <notify@example.com>"  # a display name is fine
     assert _email_errors() == []
 
 

@@ -25,6 +25,7 @@ from notifications.models import DeliveryStatus, FailedDelivery
 from notifications.services import Outcome
 from notifications.tasks import deliver_push
 from preferences.models import Device
+from tests.channels.guarding import assert_paused_for_configuration
 from tests.channels.push import queued_push, send_push
 from tests.factories import DeviceFactory
 from tests.workers import WorkerProcess, running_worker, settled_delivery, standalone_fake, wait_for
@@ -320,7 +321,7 @@ def test_a_token_endpoint_503_is_transient_without_google_auth_sleeping(
         ("project the key has no right to", "FCM 403 PERMISSION_DENIED: Permission 'cloudmess"),
     ],
 )
-def test_a_configuration_error_is_dead_lettered_without_retry(
+def test_a_configuration_error_pauses_fcm_without_retry(
     fake, order_shipped, settings, private_key, tmp_path, request, problem, expected
 ):
     if problem.startswith("bearer"):  # another OAuth server issues it; FCM does not know it
@@ -340,12 +341,8 @@ def test_a_configuration_error_is_dead_lettered_without_retry(
 
     result = deliver_push.apply(args=[delivery.pk])
 
-    assert result.failed()
-    delivery.refresh_from_db()
-    assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 1
-    letter = FailedDelivery.objects.get(delivery=delivery)
-    assert letter.error_class == "channels.base.ProviderConfigurationError"
-    assert letter.error_message.startswith(expected)
+    assert result.successful() and result.result == Outcome.DEFERRED.value
+    assert_paused_for_configuration(delivery, "fcm", expected)
     assert len(fake.sends(device.token)) == (0 if problem.startswith("key") else 1)
     assert Device.objects.get(pk=device.pk).active
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from notifications import services
-from notifications.models import DeliveryStatus, FailedDelivery
 from notifications.tasks import deliver_email
 from preferences.models import Suppression
+from tests.channels.guarding import assert_paused_for_configuration
 from tests.factories import DeliveryFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
@@ -45,11 +45,9 @@ def test_smtp_that_refuses_our_login_is_a_configuration_error(order_shipped, smt
 
     result = deliver_email.apply(args=[delivery.pk])
 
-    assert result.failed()
-    delivery.refresh_from_db()
-    assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 1
-    letter = FailedDelivery.objects.get(delivery=delivery)
-    assert letter.error_class == "channels.base.ProviderConfigurationError"
+    # Not retried and not dead-lettered: SMTP is paused until a probe finds the login fixed.
+    assert result.successful() and result.result == services.Outcome.DEFERRED.value
+    assert_paused_for_configuration(delivery, "smtp", "SMTP AUTH extension not supported")
 
 
 def test_a_status_callback_url_with_its_own_query_keeps_it(order_shipped, settings):

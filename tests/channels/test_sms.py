@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from channels.base import ProviderConfigurationError, TransientDeliveryError
+from channels import circuit
+from channels.base import ProviderPaused, TransientDeliveryError
 from channels.checks import check_providers
 from channels.sms import SMSProvider, _client
 from devtools.fakes.twilio import FakeTwilioServer
@@ -22,7 +23,7 @@ from notifications.models import Delivery, DeliveryStatus, FailedDelivery
 from notifications.services import Outcome
 from notifications.tasks import deliver_sms
 from preferences.models import Suppression
-from tests.channels.guarding import SENDER, point_sms_at
+from tests.channels.guarding import SENDER, assert_paused_for_configuration, point_sms_at
 from tests.factories import DeliveryFactory, RecipientFactory
 from tests.workers import WorkerProcess, running_worker, settled_delivery, wait_for
 
@@ -223,37 +224,50 @@ def test_refused_connection_is_transient(twilio, order_shipped, settings):
     assert delivery.status == DeliveryStatus.QUEUED
 
 
-def test_wrong_auth_token_is_a_configuration_error_and_dead_letters_the_task(
+def test_wrong_auth_token_is_a_configuration_error_that_pauses_twilio(
     twilio, order_shipped, settings
 ):
     settings.TWILIO_AUTH_TOKEN = "not-the-token"
     delivery = _queued(OK_NUMBER, order_shipped)
+    waiting = _queued("+15550100777", order_shipped)
 
     result = deliver_sms.apply(args=[delivery.pk])
 
-    assert result.failed()
+    assert result.successful() and result.result == Outcome.DEFERRED.value
     assert len(twilio.requests) == 1  # not retried
     assert twilio.requests[0]["authOk"] is False
-    delivery.refresh_from_db()
-    assert (delivery.status, delivery.attempts) == (DeliveryStatus.FAILED, 1)
-    letter = FailedDelivery.objects.get(delivery=delivery)
-    assert letter.error_class == "channels.base.ProviderConfigurationError"
-    assert "401 code 20003: Authenticate" in letter.error_message
-    assert "TWILIO_AUTH_TOKEN" in letter.error_message
+    assert_paused_for_configuration(delivery, "twilio", "401 code 20003: Authenticate")
+    assert "TWILIO_AUTH_TOKEN" in delivery.history[-1]["error"]
+    assert not Suppression.objects.exists()
+    # Paused: the next SMS waits too, without asking Twilio.
+    assert deliver_sms.apply(args=[waiting.pk]).result == Outcome.DEFERRED.value
+    assert len(twilio.requests) == 1
+
+
+def test_a_sender_refusal_pauses_twilio(twilio, order_shipped):
+    delivery = _queued("+15550100606", order_shipped)
+
+    with pytest.raises(ProviderPaused):  # the task defers it (tasks._defer)
+        _send(delivery)
+
+    assert_paused_for_configuration(delivery, "twilio", "TWILIO_FROM_NUMBER")
     assert not Suppression.objects.exists()
 
 
 @pytest.mark.parametrize(
-    ("number", "hint"),
-    [("+15550100408", "Geo Permissions"), ("+15550100606", "TWILIO_FROM_NUMBER")],
+    ("number", "hint"), [("+15550100408", "Geo Permissions"), ("+15550100608", "verified")]
 )
-def test_account_side_refusals_are_configuration_errors(twilio, order_shipped, number, hint):
+def test_a_destination_the_account_may_not_reach_fails_alone(twilio, order_shipped, number, hint):
     delivery = _queued(number, order_shipped)
 
-    with pytest.raises(ProviderConfigurationError, match=hint):
-        _send(delivery)
+    assert _send(delivery) == Outcome.FAILED
 
-    assert not Suppression.objects.exists()
+    letter = FailedDelivery.objects.get(delivery=delivery)
+    assert letter.error_class == "channels.base.PermanentDeliveryError"
+    assert hint in letter.error_message
+    assert not Suppression.objects.exists()  # the number is fine; the account is not set up
+    assert circuit.state("twilio") == circuit.State.CLOSED  # other SMS still go
+    assert _send(_queued(OK_NUMBER, order_shipped)) == Outcome.SENT
 
 
 @pytest.mark.parametrize(

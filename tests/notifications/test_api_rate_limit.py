@@ -13,7 +13,7 @@ import pytest
 from notifications.api.throttling import fail_open
 from tests.conftest import client_for
 from tests.factories import create_api_key
-from tests.workers import ROOT, dead_broker_url, worker_env
+from tests.workers import ROOT, worker_env
 
 pytestmark = pytest.mark.django_db
 
@@ -87,7 +87,9 @@ def test_the_limit_is_shared_by_every_api_process():
 
 def test_an_unreachable_redis_lets_requests_through(db, settings, caplog):
     settings.NOTIFY_API_RATE_LIMIT = "1/minute"
-    settings.NOTIFY_API_RATE_LIMIT_STORAGE_URL = dead_broker_url()
+    # A Redis nothing listens on; not the broker's URL with another port: with RabbitMQ that
+    # is an amqp:// URL, a configuration error rather than an unreachable Redis.
+    settings.NOTIFY_API_RATE_LIMIT_STORAGE_URL = "redis://127.0.0.1:9/0"
     client = client_for(create_api_key()[1])
 
     with caplog.at_level(logging.WARNING, logger="notifications.api.throttling"):

@@ -18,6 +18,7 @@ from notifications.tasks import (
     deliver_push_batch,
 )
 from preferences.models import Device, Suppression
+from tests.channels.guarding import assert_paused_for_configuration
 from tests.channels.push import apns_token
 from tests.factories import CategoryFactory, DeviceFactory, PreferenceFactory, RecipientFactory
 from tests.notifications import broadcasting
@@ -182,17 +183,26 @@ def test_a_delivery_of_a_cancelled_broadcast_back_from_a_retry_is_skipped(news, 
     assert push_sender.sent == []
 
 
-def test_a_configuration_error_fails_its_delivery_and_not_the_batch(news, push_sender):
+def test_a_configuration_error_pauses_the_provider_for_the_rest_of_the_batch(
+    news, push_sender, settings, broker
+):
+    settings.NOTIFY_DELIVERY_BATCH_THREADS = {**settings.NOTIFY_DELIVERY_BATCH_THREADS, "push": 1}
     push_sender.verdicts = {"bad": "misconfigured"}
     ids = _push_broadcast(news, ["good", "bad", "also-good"])
 
     counts = deliver_push_batch.apply(args=(list(ids.values()),)).get()
 
-    assert counts == {"sent": 2, "failed": 1}
-    letter = FailedDelivery.objects.get(delivery_id=ids["bad"])
-    assert letter.error_class == "channels.base.ProviderConfigurationError"
-    assert "InvalidProviderToken" in letter.traceback
-    assert Delivery.objects.get(pk=ids["bad"]).status == "failed"
+    # The refusal was about our settings, not "bad": nothing is failed, and what comes after
+    # it waits for the provider's probe instead of being refused the same way.
+    assert counts == {"sent": 1, "deferred": 2}
+    assert not FailedDelivery.objects.exists()
+    assert_paused_for_configuration(
+        Delivery.objects.get(pk=ids["bad"]), push_sender.name, "InvalidProviderToken"
+    )
+    assert Delivery.objects.get(pk=ids["also-good"]).status == DeliveryStatus.QUEUED
+    assert push_sender.sent == ["good"]
+    (deferred,) = broker.messages("push.bulk")
+    assert sorted(deferred["body"][0][0]) == sorted([ids["bad"], ids["also-good"]])
 
 
 def test_in_app_batches_write_one_inbox_row_each(news):

@@ -22,6 +22,7 @@ from notifications.models import (
 from notifications.services import Outcome
 from notifications.tasks import deliver_email, deliver_push
 from preferences.models import Device, Suppression
+from tests.channels.guarding import assert_paused_for_configuration
 from tests.channels.push import apns_token
 from tests.factories import DeliveryFactory, DeviceFactory, PreferenceFactory, RecipientFactory
 
@@ -206,7 +207,9 @@ def test_transient_error_requeues_with_a_lease_and_reraises(order_shipped, push_
     assert Device.objects.get(pk=device.pk).active
 
 
-def test_configuration_error_in_a_task_goes_to_the_dead_letter_table(order_shipped, push_sender):
+def test_a_configuration_error_in_a_task_pauses_the_provider_instead_of_dead_lettering(
+    order_shipped, push_sender
+):
     device = DeviceFactory(platform=Device.Platform.APNS, token=apns_token("t-conf"))
     push_sender.verdicts["t-conf"] = "misconfigured"
     delivery = DeliveryFactory(
@@ -215,12 +218,8 @@ def test_configuration_error_in_a_task_goes_to_the_dead_letter_table(order_shipp
 
     result = deliver_push.apply(args=[delivery.pk])
 
-    assert result.failed()
-    delivery.refresh_from_db()
-    assert delivery.status == DeliveryStatus.FAILED
-    letter = FailedDelivery.objects.get(delivery=delivery)
-    assert letter.error_class == "channels.base.ProviderConfigurationError"
-    assert "Traceback" in letter.traceback
+    assert result.successful() and result.result == Outcome.DEFERRED.value
+    assert_paused_for_configuration(delivery, push_sender.name, "InvalidProviderToken")
     assert Device.objects.get(pk=device.pk).active
 
 
@@ -308,10 +307,9 @@ def test_a_configuration_error_mid_fan_out_keeps_the_devices_already_reached(
         notification__recipient=first.recipient, notification__event=order_shipped, channel="push"
     )
 
-    assert deliver_push.apply(args=[delivery.pk]).failed()
+    assert deliver_push.apply(args=[delivery.pk]).result == Outcome.DEFERRED.value
 
-    delivery.refresh_from_db()
-    assert delivery.status == DeliveryStatus.FAILED
+    assert_paused_for_configuration(delivery, push_sender.name, "InvalidProviderToken")
     assert delivery.results == {apns_token("t-ok"): {"status": "sent", "messageId": "apns-id-t-ok"}}
 
 

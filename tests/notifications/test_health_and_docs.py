@@ -11,7 +11,7 @@ pytestmark = pytest.mark.django_db
 def test_healthz_checks_database_and_broker(client):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok", "providers": {}}
 
 
 def test_healthz_is_503_when_the_broker_is_unreachable(client):
@@ -22,7 +22,12 @@ def test_healthz_is_503_when_the_broker_is_unreachable(client):
     finally:
         app.conf.broker_write_url = original
     assert response.status_code == 503
-    assert response.json() == {"status": "unavailable", "database": "ok", "broker": "unavailable"}
+    assert response.json() == {
+        "status": "unavailable",
+        "database": "ok",
+        "broker": "unavailable",
+        "providers": {},
+    }
 
 
 def test_openapi_schema_and_docs_are_served_without_a_key(client):

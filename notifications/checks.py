@@ -1,0 +1,91 @@
+"""Settings of the API and the delivery engine that are read lazily (at the first request, the
+first send, the first sweep): a wrong value must stop the start, not fail every request later.
+
+The provider checks are in channels/checks.py; they share the helpers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+
+from channels.checks import limit_problem, number_problems, url_problem
+
+# (setting, lowest allowed, whether the lowest itself is allowed)
+_NUMBERS: tuple[tuple[str, float, bool], ...] = (
+    ("NOTIFY_API_RATE_LIMIT_TIMEOUT_SECONDS", 0, False),
+    ("NOTIFY_MAX_BODY_BYTES", 1024, True),
+    ("NOTIFY_FANOUT_MAX_BODY_BYTES", 1024, True),
+    ("NOTIFY_MAX_RETRIES", 0, True),
+    ("NOTIFY_RETRY_BACKOFF", 1, True),
+    ("NOTIFY_RETRY_BACKOFF_MAX", 1, True),
+    ("NOTIFY_LEASE_SECONDS", 1, True),
+    ("NOTIFY_SWEEP_INTERVAL_SECONDS", 1, True),
+    ("NOTIFY_SWEEP_BATCH", 1, True),
+    ("NOTIFY_CATALOG_CACHE_SECONDS", 0, True),
+    ("NOTIFY_FANOUT_PAGE", 1, True),
+    ("NOTIFY_FANOUT_LEASE_SECONDS", 1, True),
+    ("NOTIFY_FANOUT_RESUME_SECONDS", 1, True),
+    ("NOTIFY_BROADCAST_CANCEL_CHUNK", 1, True),
+    ("NOTIFY_BROADCAST_CANCEL_TIME_BUDGET_SECONDS", 0, False),
+    ("NOTIFY_BROADCAST_PROGRESS_MIN_AGE_SECONDS", 0, True),
+    ("NOTIFY_BROADCAST_PROGRESS_RECOUNT_FACTOR", 0, True),
+    ("NOTIFY_DELIVERY_BATCH", 1, True),
+    ("NOTIFY_RETENTION_DAYS", 0, True),
+    ("NOTIFY_RETENTION_BATCH", 1, True),
+    ("NOTIFY_RETENTION_INTERVAL_SECONDS", 1, True),
+    ("NOTIFY_RETENTION_TIME_BUDGET_SECONDS", 0, False),
+)
+
+
+def _storage_schemes() -> set[str]:
+    # The synchronous storages `limits` knows (the throttle is not async): redis, rediss,
+    # redis+sentinel, memcached, mongodb... An amqp:// broker URL is none of them.
+    from limits.storage import SCHEMES
+
+    return {scheme for scheme in SCHEMES if not scheme.startswith("async+")}
+
+
+@register()
+def check_engine_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    problems = number_problems(_NUMBERS)
+    if settings.NOTIFY_RETRY_BACKOFF_MAX < settings.NOTIFY_RETRY_BACKOFF:
+        problems.append(
+            f"NOTIFY_RETRY_BACKOFF_MAX={settings.NOTIFY_RETRY_BACKOFF_MAX!r} is below "
+            f"NOTIFY_RETRY_BACKOFF={settings.NOTIFY_RETRY_BACKOFF!r}."
+        )
+    # A send may take the provider timeout plus the rate-limit wait; a lease shorter than that
+    # lets the sweep hand a delivery still being sent to a second worker (a duplicate).
+    longest_call = (
+        settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS + settings.NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS
+    )
+    if settings.NOTIFY_LEASE_SECONDS <= longest_call + 1:
+        problems.append(
+            f"NOTIFY_LEASE_SECONDS={settings.NOTIFY_LEASE_SECONDS!r} must exceed the longest "
+            f"provider call, NOTIFY_PROVIDER_TIMEOUT_SECONDS + NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS "
+            f"+ 1 = {longest_call + 1:g}."
+        )
+    text = str(settings.NOTIFY_API_RATE_LIMIT)
+    problem = text and limit_problem("NOTIFY_API_RATE_LIMIT", text)
+    if problem:
+        problems.append(problem)
+    problem = url_problem(
+        "NOTIFY_API_RATE_LIMIT_STORAGE_URL",
+        str(settings.NOTIFY_API_RATE_LIMIT_STORAGE_URL),
+        _storage_schemes(),
+        host=False,
+    )
+    if problem:
+        problems.append(problem)
+    found: list[Error | Warning] = [Error(problem, id="notifications.E001") for problem in problems]
+    if settings.NOTIFY_RETENTION_TIME_BUDGET_SECONDS >= settings.NOTIFY_RETENTION_INTERVAL_SECONDS:
+        found.append(
+            Warning(
+                "NOTIFY_RETENTION_TIME_BUDGET_SECONDS is not below "
+                "NOTIFY_RETENTION_INTERVAL_SECONDS: purge runs can pile up.",
+                id="notifications.W001",
+            )
+        )
+    return found
