@@ -79,10 +79,10 @@ class AutoSchema(SpectacularAutoSchema):
 
     def _get_request_body(self, direction: str = "request") -> Any:
         if self.method != "DELETE":
-            return super()._get_request_body(direction)
+            return _raw_schema_body_required(super()._get_request_body(direction))
         self.method, self._documenting_delete = "POST", True
         try:
-            return super()._get_request_body(direction)
+            return _raw_schema_body_required(super()._get_request_body(direction))
         finally:
             self.method, self._documenting_delete = "DELETE", False
 
@@ -90,6 +90,15 @@ class AutoSchema(SpectacularAutoSchema):
         if self._documenting_delete:
             return None  # reached only when no body is declared: a DELETE's is never guessed
         return super().get_request_serializer()
+
+
+def _raw_schema_body_required(body: Any) -> Any:
+    """A body declared as a raw schema (a ``oneOf`` no serializer can state) is as required as
+    a serializer's: drf-spectacular marks it optional, which would make "no body" schema-valid.
+    """
+    if isinstance(body, dict) and "$ref" not in str(body.get("content", "")):
+        body["required"] = True
+    return body
 
 
 def _in_input_serializer(field: Any) -> bool:

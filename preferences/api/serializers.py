@@ -81,6 +81,44 @@ class DeviceTokenField(StrictCharField):
         super().__init__(trim_whitespace=False, max_length=tokens.MAX_LENGTH, **kwargs)
 
 
+def _registration(platform: str, token_schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["platform", "token"],
+        "properties": {
+            "platform": {"type": "string", "enum": [platform]},
+            "token": {"type": "string", **token_schema},
+        },
+    }
+
+
+# The token's rule depends on the platform, which one field's schema cannot say: the request is
+# one of two shapes (the schemathesis run holds the API to it both ways).
+DEVICE_REGISTRATION_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        _registration(
+            Device.Platform.APNS.value,
+            {
+                "minLength": tokens.APNS_MIN_HEX_DIGITS,
+                "maxLength": tokens.APNS_MAX_HEX_DIGITS,
+                "pattern": "^(?:[0-9a-fA-F]{2})+$",
+                "description": "hexadecimal digits, an even number; stored in lower case",
+            },
+        ),
+        _registration(
+            Device.Platform.FCM.value,
+            {
+                "minLength": 1,
+                "maxLength": tokens.FCM_MAX_LENGTH,
+                "pattern": "^[A-Za-z0-9_:-]+$",
+                "description": "the registration token as Firebase gave it",
+            },
+        ),
+    ]
+}
+
+
 class DeviceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
     platform = StrictChoiceField(choices=Device.Platform.choices)
     token = DeviceTokenField()

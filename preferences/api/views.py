@@ -17,6 +17,7 @@ from notifications.exceptions import NotFound, RecipientNotFound
 from notifications.models import ApiScope
 from preferences import selectors, services
 from preferences.api.serializers import (
+    DEVICE_REGISTRATION_SCHEMA,
     DeviceSerializer,
     PreferencesSerializer,
     RecipientSerializer,
@@ -72,7 +73,7 @@ class DeviceListView(StrictRequestMixin, APIView):
         return Response(DeviceSerializer(devices, many=True).data)
 
     @extend_schema(
-        request=DeviceSerializer,
+        request={"application/json": DEVICE_REGISTRATION_SCHEMA},
         responses={200: DeviceSerializer, 201: DeviceSerializer, 400: ERROR_RESPONSE},
         summary="Register a push token",
     )
