@@ -11,6 +11,7 @@ from django.utils import timezone
 from preferences import tokens
 from preferences.management.commands.seed_demo import DEMO_DEVICES
 from preferences.models import Device
+from tests.factories import DeviceFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -27,3 +28,16 @@ def test_the_demo_devices_are_valid_and_reactivated_on_every_run():
         assert tokens.device_token(platform, token) == token
         assert device.recipient.external_id == "demo-user"
         assert device.active and device.deactivated_at is None and not device.deactivation_reason
+
+
+def test_devices_an_older_demo_left_on_the_demo_recipient_are_removed():
+    call_command("seed_demo", stdout=StringIO())
+    demo = Device.objects.first().recipient
+    # An older demo's token, which today's registration rules refuse.
+    DeviceFactory(recipient=demo, platform=Device.Platform.APNS, token="demo-apns-token")
+    elsewhere = DeviceFactory()
+
+    call_command("seed_demo", stdout=StringIO())
+
+    assert {(d.platform, d.token) for d in demo.devices.all()} == set(DEMO_DEVICES)
+    assert Device.objects.filter(pk=elsewhere.pk).exists()

@@ -6,7 +6,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from preferences.models import Device, Recipient
-from preferences.services import device_register
+from preferences.services import device_register, device_remove
 
 # What the local fakes (devtools/fakes/) deliver: their answer depends on the address, number or
 # token, and none of these asks for a failure. The phone is outside the Twilio fake's +1555010xxxx
@@ -34,8 +34,13 @@ class Command(BaseCommand):
             external_id="demo-user",
             defaults={"email": DEMO_EMAIL, "phone": DEMO_PHONE, "locale": "en"},
         )
+        kept = set()
         for platform, token in DEMO_DEVICES:
             # The API's own registration (token rules included), which also reactivates: a
             # demo that pruned its own device should not stay broken.
-            device_register(recipient=recipient, platform=platform, token=token)
+            kept.add(device_register(recipient=recipient, platform=platform, token=token).device.pk)
+        # The demo has exactly its own devices: one left by an older demo (a token the
+        # registration rules now refuse) would be pushed to, and fail, on every run.
+        for device_id in recipient.devices.exclude(pk__in=kept).values_list("pk", flat=True):
+            device_remove(recipient=recipient, device_id=device_id)
         self.stdout.write("demo recipient 'demo-user' ready")
