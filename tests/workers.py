@@ -227,11 +227,13 @@ def dead_broker_url() -> str:
 
 @contextmanager
 def running_workers(
-    queues: Iterable[str], log_dir: Path, **env_overrides: str
+    queues: Iterable[str], log_dir: Path, *, keep_broker: bool = False, **env_overrides: str
 ) -> Iterator[dict[str, WorkerProcess]]:
-    """One worker per queue on an emptied broker, all started before any is waited for."""
+    """One worker per queue on an emptied broker (``keep_broker``: as it is, e.g. for workers
+    that take over what earlier ones left), all started before any is waited for."""
     env = worker_env(**env_overrides)
-    purge_broker()
+    if not keep_broker:
+        purge_broker()
     started: dict[str, WorkerProcess] = {}
     try:
         for queue in queues:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +20,7 @@ from notifications.services.enqueue import enqueue_deliveries
 from notifications.tasks import deliver_email_batch
 from preferences.models import Priority
 from tests.factories import DeliveryFactory, RecipientFactory
-from tests.workers import WorkerProcess, running_workers, wait_for, worker_env
+from tests.workers import WorkerProcess, running_workers, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -138,20 +136,6 @@ def _emails(event: Any, count: int, *, priority: str, start: int = 0) -> list[De
     ]
 
 
-@contextmanager
-def restarted_workers(
-    queues: list[str], log_dir: Path, **env: str
-) -> Iterator[dict[str, WorkerProcess]]:
-    started = {queue: WorkerProcess(queue, worker_env(**env), log_dir) for queue in queues}
-    try:
-        for worker in started.values():
-            worker.wait_ready()
-        yield started
-    finally:
-        for worker in started.values():
-            worker.stop()
-
-
 def _logs(workers: dict[str, WorkerProcess]) -> str:
     return "\n".join(worker.log() for worker in workers.values())
 
@@ -212,9 +196,11 @@ def test_a_refused_sender_pauses_email_then_everything_goes_once_it_is_fixed(
     refused = len(postmark.requests)
 
     # Fixed: the workers restart with a good sender; nobody replays anything.
-    # Not running_workers: it empties the broker, and the deferred messages the first workers
-    # gave back at their warm shutdown are what must carry the deliveries now.
-    with restarted_workers(queues, tmp_path / "good", **_worker_env(postmark, GOOD_SENDER)) as good:
+    # The broker kept as it is: the deferred messages the first workers gave back at their warm
+    # shutdown are what must carry the deliveries now.
+    with running_workers(
+        queues, tmp_path / "good", keep_broker=True, **_worker_env(postmark, GOOD_SENDER)
+    ) as good:
         _wait(
             lambda: (
                 Delivery.objects.filter(pk__in=everything, status=DeliveryStatus.SENT).count()
