@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from bench import accept  # noqa: E402
 from bench import broadcast_data as data  # noqa: E402
 from bench import broadcast_report as report  # noqa: E402
+from channels.lanes import LANES, MAINTENANCE_QUEUE  # noqa: E402
 from devtools import fakes_env  # noqa: E402
 from devtools import run as stack  # noqa: E402
 
@@ -131,13 +132,15 @@ def worker_plan(args: argparse.Namespace) -> list[WorkerSpec]:
         how[channel] = (pool, int(count))
     plan = []
     for channel, (pool, concurrency) in how.items():
+        lanes = LANES[channel]
         if args.tx_workers:
             tx_pool, _, tx_count = args.tx_workers.partition(":")
-            plan.append(WorkerSpec(f"{channel}-tx", channel, tx_pool, int(tx_count)))
-            plan.append(WorkerSpec(channel, f"{channel}.bulk", pool, concurrency))
+            plan.append(WorkerSpec(f"{channel}-tx", lanes.queue, tx_pool, int(tx_count)))
+            plan.append(WorkerSpec(channel, lanes.bulk_queue, pool, concurrency))
         else:
-            plan.append(WorkerSpec(channel, f"{channel},{channel}.bulk", pool, concurrency))
-    plan.append(WorkerSpec("maintenance", "maintenance", "prefork", args.maintenance_concurrency))
+            plan.append(WorkerSpec(channel, lanes.worker_queues, pool, concurrency))
+    maintenance = args.maintenance_concurrency
+    plan.append(WorkerSpec(MAINTENANCE_QUEUE, MAINTENANCE_QUEUE, "prefork", maintenance))
     return plan
 
 

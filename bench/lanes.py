@@ -56,8 +56,6 @@ HOST = "127.0.0.1"  # the only host this script talks to
 DB_NAME = "notifications_lanes"
 DATABASE_URL = f"postgres://postgres@{HOST}:5432/{DB_NAME}"
 BROKER_URL = f"redis://{HOST}:6379/3"
-TRANSACTIONAL_QUEUE, BULK_QUEUE = "inapp", "inapp.bulk"
-BATCH_TASK = "notifications.tasks.deliver_inapp_batch"
 WORKER_START_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 30.0  # after the window: the last transactional ones and the bulk tail
 STOP_GRACE_S = 10.0
@@ -74,6 +72,11 @@ ENV = {
 os.environ.update(ENV)
 sys.path.insert(0, str(ROOT))
 
+from channels.lanes import INAPP  # noqa: E402
+
+TRANSACTIONAL_QUEUE, BULK_QUEUE = INAPP.queue, INAPP.bulk_queue
+BATCH_TASK = INAPP.batch_task
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -84,7 +87,7 @@ class Variant:
     workers: tuple[tuple[str, int], ...]  # (queues, concurrency) per worker process
 
 
-SHARED = f"{TRANSACTIONAL_QUEUE},{BULK_QUEUE}"
+SHARED = INAPP.worker_queues
 VARIANTS = {
     v.key: v
     for v in (
@@ -183,7 +186,7 @@ def seed() -> Fixture:
     category, _ = Category.objects.get_or_create(key="bench-lanes")
     event, _ = Event.objects.get_or_create(
         key="bench_lanes",
-        defaults={"category": category, "default_channels": ["inapp"]},
+        defaults={"category": category, "default_channels": [INAPP.channel]},
     )
     Event.objects.filter(pk=event.pk).update(priority=Priority.BULK)
     recipient, _ = Recipient.objects.get_or_create(external_id="bench-lanes-user")
@@ -232,7 +235,7 @@ def create_deliveries(fixture: Fixture, count: int, priority: str) -> list[int]:
         [
             Delivery(
                 notification_id=n.id,
-                channel="inapp",
+                channel=INAPP.channel,
                 status=DeliveryStatus.QUEUED,
                 content={"subject": f"{priority} {i}", "body": "bench"},
                 history=[entry],
@@ -249,7 +252,7 @@ def create_deliveries(fixture: Fixture, count: int, priority: str) -> list[int]:
 def publish(delivery_ids: list[int], priority: str) -> int:
     from notifications.services.enqueue import enqueue_deliveries
 
-    return enqueue_deliveries((pk, "inapp", priority) for pk in delivery_ids)
+    return enqueue_deliveries((pk, INAPP.channel, priority) for pk in delivery_ids)
 
 
 def publish_bulk(delivery_ids: list[int], batch: int) -> int:
@@ -777,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
                 "burst": args.burst,
                 "burst_backlog": args.burst_backlog,
                 "bulk_per_message": args.batch,
-                "channel": "inapp",
+                "channel": INAPP.channel,
                 "latency": "Delivery.sent_at (PostgreSQL now()) - time.time() at publish",
                 "worker": "celery -A config worker --loglevel WARNING --without-gossip "
                 "--without-mingle --without-heartbeat (prefork)",

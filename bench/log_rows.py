@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from channels.lanes import EMAIL
+
 SPREAD_DAYS = 60  # created_at spread evenly over this many days, so 30-day retention is half
 RECIPIENTS = 20_000
 FAILED_SHARE = 0.005  # emails dead-lettered (a permanent provider error)
@@ -329,7 +331,7 @@ class Generator:
     def _dead_letter(self, delivery_id: int, email: str, created: dt.datetime) -> list[Any]:
         return [
             delivery_id,
-            "notifications.tasks.deliver_email",
+            EMAIL.task,
             "channels.base.PermanentDeliveryError",
             POSTMARK_ERROR.format(email=email),
             "",

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import environ
 
+from channels import lanes
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -357,26 +359,26 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 # The broker's own options (Redis or RabbitMQ) follow the task routes, at the end.
-CELERY_TASK_DEFAULT_QUEUE = "maintenance"
+CELERY_TASK_DEFAULT_QUEUE = lanes.MAINTENANCE_QUEUE
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-deliveries": {
-        "task": "notifications.tasks.sweep_stuck_deliveries",
+        "task": lanes.SWEEP_TASK,
         "schedule": float(NOTIFY_SWEEP_INTERVAL_SECONDS),
     },
     "watch-broker": {
-        "task": "notifications.tasks.watch_broker",
+        "task": lanes.WATCH_BROKER_TASK,
         "schedule": NOTIFY_BROKER_WATCH_SECONDS,
         # A check missed while the maintenance worker was busy or down is not worth running
         # late: the next one looks at the same broker.
         "options": {"expires": NOTIFY_BROKER_WATCH_SECONDS},
     },
     "resume-broadcast-fanouts": {
-        "task": "notifications.tasks.resume_broadcast_fanouts",
+        "task": lanes.RESUME_FANOUTS_TASK,
         "schedule": float(NOTIFY_FANOUT_RESUME_SECONDS),
         "options": {"expires": float(NOTIFY_FANOUT_RESUME_SECONDS)},
     },
     "purge-expired-notifications": {
-        "task": "notifications.tasks.purge_expired_notifications",
+        "task": lanes.PURGE_TASK,
         "schedule": float(NOTIFY_RETENTION_INTERVAL_SECONDS),
         # A run missed while the maintenance worker was down is not worth queueing: the next
         # one deletes the same rows.
@@ -385,22 +387,8 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Celery closes the DB connection around every task unless told to reuse it (celery#9824).
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
-CELERY_TASK_ROUTES = {
-    "notifications.tasks.deliver_push": {"queue": "push"},
-    "notifications.tasks.deliver_email": {"queue": "email"},
-    "notifications.tasks.deliver_sms": {"queue": "sms"},
-    "notifications.tasks.deliver_inapp": {"queue": "inapp"},
-    "notifications.tasks.sweep_stuck_deliveries": {"queue": "maintenance"},
-    "notifications.tasks.watch_broker": {"queue": "maintenance"},
-    "notifications.tasks.broadcast_fanout": {"queue": "maintenance"},
-    "notifications.tasks.resume_broadcast_fanouts": {"queue": "maintenance"},
-    "notifications.tasks.skip_cancelled_deliveries": {"queue": "maintenance"},
-    "notifications.tasks.deliver_push_batch": {"queue": "push.bulk"},
-    "notifications.tasks.deliver_email_batch": {"queue": "email.bulk"},
-    "notifications.tasks.deliver_sms_batch": {"queue": "sms.bulk"},
-    "notifications.tasks.deliver_inapp_batch": {"queue": "inapp.bulk"},
-    "notifications.tasks.purge_expired_notifications": {"queue": "maintenance"},
-}
+# Every task's queue, from the one table of channels, tasks and queues (channels/lanes.py).
+CELERY_TASK_ROUTES = lanes.task_routes()
 
 # --- Provider rate limits and circuit breaker (docs/reliability.md) -------------------------
 # Calls per period and provider, shared by every worker (Redis, moving window): "name=limit"
@@ -442,7 +430,7 @@ BROKER_IS_REDIS = _BROKER_SCHEME in {"redis", "rediss", "redis+socket", "sentine
 BROKER_IS_AMQP = _BROKER_SCHEME in {"amqp", "amqps", "pyamqp"}
 # Every queue a task is routed to: each channel's transactional lane (<channel>) and bulk lane
 # (<channel>.bulk), and maintenance.
-NOTIFY_QUEUES = sorted({route["queue"] for route in CELERY_TASK_ROUTES.values()})
+NOTIFY_QUEUES = lanes.all_queues()
 # RabbitMQ only: declare the queues as quorum queues (replicated, durable). A queue's type is
 # fixed when it is first declared: switching an existing vhost means deleting its queues.
 RABBITMQ_QUORUM_QUEUES = BROKER_IS_AMQP and env.bool("CELERY_RABBITMQ_QUORUM", default=False)

@@ -45,11 +45,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from channels.lanes import LANES, MAINTENANCE_QUEUE  # noqa: E402
 from devtools import fakes_env  # noqa: E402
 from devtools import run as service  # noqa: E402
 from devtools.fakes import faults  # noqa: E402
 
-CHANNELS = ("push", "email", "sms", "inapp")
+CHANNELS = tuple(LANES)
 HOST = "127.0.0.1"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # Quick recovery: the sweep runs often and takes back what a killed worker left `sending`
@@ -241,10 +242,10 @@ class ChaosStack:
         created = self._manage("create_api_key", "chaos")
         self.api_key = created.strip().splitlines()[-1]
         self._add("api", service.api_argv(cfg.api_port)).start()
-        for queue in (*CHANNELS, "maintenance"):
-            concurrency = cfg.concurrency if queue != "maintenance" else 2
-            argv = service.worker_argv(queue, concurrency=concurrency, node=f"chaos-{queue}")
-            self._add(f"worker-{queue}", [*argv, "--without-gossip", "--without-mingle"]).start()
+        for worker in service.WORKERS:
+            concurrency = cfg.concurrency if worker != MAINTENANCE_QUEUE else 2
+            argv = service.worker_argv(worker, concurrency=concurrency, node=f"chaos-{worker}")
+            self._add(f"worker-{worker}", [*argv, "--without-gossip", "--without-mingle"]).start()
         self._add("beat", service.beat_argv(self.dir)).start()
         self._wait("the API's /healthz", lambda: service.http(f"{self.api}/healthz")[0] == 200)
         self._wait("every worker to answer a ping", self._workers_answer)
@@ -368,7 +369,7 @@ class ChaosStack:
     def _workers_answer(self) -> bool:
         from celery import Celery
 
-        names = {f"chaos-{queue}@{socket.gethostname()}" for queue in (*CHANNELS, "maintenance")}
+        names = {f"chaos-{worker}@{socket.gethostname()}" for worker in service.WORKERS}
         if os.environ.get("CELERY_BROKER_URL", self.broker_url) != self.broker_url:
             # Celery's broker_url prefers that variable to the app's own: ours would ask the
             # caller's broker. A runner clears it first (scrub_service_settings).
@@ -406,13 +407,13 @@ class ChaosStack:
 
         def loop() -> None:
             while not self._stopping.wait(0.5):
-                for channel in (*CHANNELS, "maintenance"):
+                for worker in service.WORKERS:
                     with self._restart_lock:
-                        proc = self.procs[f"worker-{channel}"]
+                        proc = self.procs[f"worker-{worker}"]
                         if not proc.alive() and not self._stopping.is_set():
                             proc.kill_group(signal.SIGKILL)  # whatever of its group is left
                             proc.start()
-                            self.revived[channel] += 1
+                            self.revived[worker] += 1
 
         threading.Thread(target=loop, name="chaos-supervisor", daemon=True).start()
 

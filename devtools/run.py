@@ -33,7 +33,6 @@ from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
-QUEUES = ("push", "email", "sms", "inapp", "maintenance")
 DEMO = (
     '{"userId":"demo-user","event":"order_shipped","channels":["push","email","sms","inapp"],'
     '"data":{"orderId":"9912","eta":"tomorrow"}}'
@@ -49,10 +48,15 @@ STOP_GRACE = 30.0
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-from devtools import fakes_env, proxy  # noqa: E402 (needs ROOT on sys.path)
+from channels import lanes  # noqa: E402 (needs ROOT on sys.path)
+from devtools import fakes_env, proxy  # noqa: E402
 from devtools.supervisor import RunError, Supervisor, say  # noqa: E402
 
 __all__ = ["RunError", "Supervisor", "say"]  # what the benchmarks use from here too
+
+# One worker per channel (both its lanes) and the maintenance one, named after the table's
+# channels (channels/lanes.py).
+WORKERS = tuple(lanes.worker_queues())
 
 
 def _interrupt(signum: int, frame: Any) -> NoReturn:
@@ -126,17 +130,17 @@ def api_argv(api_port: int) -> list[str]:
 CELERY = [sys.executable, "-m", "celery", "-A", "config", "--quiet"]
 
 
-def worker_argv(queue: str, *, concurrency: int | None = None, node: str = "") -> list[str]:
+def worker_argv(worker: str, *, concurrency: int | None = None, node: str = "") -> list[str]:
     """``celery worker`` for one channel (its transactional queue, then its bulk lane) or
-    maintenance, named ``<node or queue>@<host>``."""
+    maintenance, named ``<node or worker>@<host>``."""
     # Each channel's worker serves its transactional queue first, then its bulk lane
     # (queue_order_strategy "priority" in settings); maintenance has no bulk twin.
-    lanes = queue if queue == "maintenance" else f"{queue},{queue}.bulk"
+    queues = lanes.worker_queues()[worker]
     # Maintenance gets 2: a long retention purge must not hold up the stuck-delivery sweep.
     if concurrency is None:
-        concurrency = 2 if queue == "maintenance" else 1
-    worker = ["-Q", lanes, "-n", f"{node or queue}@%h", "--concurrency", str(concurrency)]
-    return [*CELERY, "worker", *worker, "--loglevel", "WARNING"]
+        concurrency = 2 if worker == lanes.MAINTENANCE_QUEUE else 1
+    worker_args = ["-Q", queues, "-n", f"{node or worker}@%h", "--concurrency", str(concurrency)]
+    return [*CELERY, "worker", *worker_args, "--loglevel", "WARNING"]
 
 
 def beat_argv(run_dir: Path) -> list[str]:
@@ -146,8 +150,8 @@ def beat_argv(run_dir: Path) -> list[str]:
 
 def start_service(sup: Supervisor, api_port: int, run_dir: Path) -> None:
     proxy.start(sup, run_dir, api_port)
-    for queue in QUEUES:
-        sup.start(f"worker-{queue}", worker_argv(queue))
+    for worker in WORKERS:
+        sup.start(f"worker-{worker}", worker_argv(worker))
     sup.start("beat", beat_argv(run_dir))
 
 
@@ -165,7 +169,7 @@ def wait_ready(sup: Supervisor, api: str) -> None:
         wait_until(f"{api}/healthz", healthy, sup, START_TIMEOUT)
     except RunError as exc:
         raise RunError(f"{exc}; it last answered {health[0] or 'nothing'} {health[1]}") from None
-    names = {f"{queue}@{socket.gethostname()}" for queue in QUEUES}  # what %h expands to
+    names = {f"{worker}@{socket.gethostname()}" for worker in WORKERS}  # what %h expands to
     answered: set[str] = set()
 
     def all_answer() -> bool:

@@ -1,4 +1,5 @@
-"""One thin task per channel; each routes to its own queue (config.settings.CELERY_TASK_ROUTES)."""
+"""Thin tasks: per channel a transactional and a batch task, named and routed by the table in
+channels/lanes.py (config.settings.CELERY_TASK_ROUTES is built from it)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
 
+from channels import lanes
 from channels.base import ProviderPaused, TransientDeliveryError
 from notifications import services
 from notifications.services import batches, broadcasts, broker_watch, fanout
@@ -139,32 +141,32 @@ def _defer(task: Task, delivery_id: int, paused: ProviderPaused) -> None:
         logger.warning("could not defer delivery %s", delivery_id, exc_info=True)
 
 
-@shared_task(base=DeliveryTask, bind=True)
+@shared_task(base=DeliveryTask, bind=True, name=lanes.PUSH.task)
 def deliver_push(self: Task, delivery_id: int) -> str:
     return _deliver(self, delivery_id)
 
 
-@shared_task(base=DeliveryTask, bind=True)
+@shared_task(base=DeliveryTask, bind=True, name=lanes.EMAIL.task)
 def deliver_email(self: Task, delivery_id: int) -> str:
     return _deliver(self, delivery_id)
 
 
-@shared_task(base=DeliveryTask, bind=True)
+@shared_task(base=DeliveryTask, bind=True, name=lanes.SMS.task)
 def deliver_sms(self: Task, delivery_id: int) -> str:
     return _deliver(self, delivery_id)
 
 
-@shared_task(base=DeliveryTask, bind=True)
+@shared_task(base=DeliveryTask, bind=True, name=lanes.INAPP.task)
 def deliver_inapp(self: Task, delivery_id: int) -> str:
     return _deliver(self, delivery_id)
 
 
-@shared_task(ignore_result=True)
+@shared_task(ignore_result=True, name=lanes.SWEEP_TASK)
 def sweep_stuck_deliveries() -> int:
     return services.sweep_stuck_deliveries()
 
 
-@shared_task(ignore_result=True)
+@shared_task(ignore_result=True, name=lanes.WATCH_BROKER_TASK)
 def watch_broker() -> int:
     """Beat, every NOTIFY_BROKER_WATCH_SECONDS: has the broker lost its messages? A run that
     spends its time budget re-enqueueing hands the rest to the next one at once."""
@@ -174,7 +176,7 @@ def watch_broker() -> int:
     return result.requeued
 
 
-@shared_task(ignore_result=True)
+@shared_task(ignore_result=True, name=lanes.PURGE_TASK)
 def purge_expired_notifications() -> int:
     """Retention (docs/sizing.md): one time-boxed run of batched deletes; beat repeats it."""
     from notifications.services import retention
@@ -202,18 +204,18 @@ _PAGE_TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-@shared_task(**_PAGE_TASK_OPTIONS)
+@shared_task(**_PAGE_TASK_OPTIONS, name=lanes.FANOUT_TASK)
 def broadcast_fanout(broadcast_id: str) -> str:
     """One page of a broadcast's fan-out; the service chains the next page after commit."""
     return fanout.broadcast_fanout_page(broadcast_id=uuid.UUID(broadcast_id)).value
 
 
-@shared_task(ignore_result=True)
+@shared_task(ignore_result=True, name=lanes.RESUME_FANOUTS_TASK)
 def resume_broadcast_fanouts() -> int:
     return fanout.broadcasts_resume()
 
 
-@shared_task(**_PAGE_TASK_OPTIONS)
+@shared_task(**_PAGE_TASK_OPTIONS, name=lanes.SKIP_CANCELLED_TASK)
 def skip_cancelled_deliveries(broadcast_id: str, after_recipient: int = 0) -> int:
     """Skip what a cancelled broadcast still has queued, a page per transaction from the
     cursor on; a run that spends its time budget hands the rest to the next one."""
@@ -241,15 +243,6 @@ class DeliveryBatchTask(Task):  # type: ignore[misc]
     ignore_result = True
 
 
-_BATCH_TASK_NAME = "notifications.tasks.deliver_{channel}_batch"
-_SINGLE_TASK: dict[str, Task] = {
-    "push": deliver_push,
-    "email": deliver_email,
-    "sms": deliver_sms,
-    "inapp": deliver_inapp,
-}
-
-
 def _deliver_batch(task: Task, channel: str, delivery_ids: list[int]) -> dict[str, int]:
     result = batches.deliveries_send_batch(
         delivery_ids=[int(pk) for pk in delivery_ids], channel=channel, task_name=task.name
@@ -263,13 +256,13 @@ def _defer_batch(deferred: list[batches.Retry]) -> None:
     per lane, due when the longest pause ends: they were not attempted, so they keep their
     full retry budget and stay batched. A failed publish is left to the sweep (their lease
     covers the pause)."""
-    lanes: dict[tuple[str, str], list[batches.Retry]] = {}
+    groups: dict[tuple[str, str], list[batches.Retry]] = {}
     for item in deferred:
-        lanes.setdefault((item.channel, queue_for(item.channel, item.priority)), []).append(item)
-    for (channel, queue), items in lanes.items():
+        groups.setdefault((item.channel, queue_for(item.channel, item.priority)), []).append(item)
+    for (channel, queue), items in groups.items():
         try:
             current_app.send_task(
-                _BATCH_TASK_NAME.format(channel=channel),
+                lanes.LANES[channel].batch_task,
                 args=([item.delivery_id for item in items],),
                 queue=queue,
                 countdown=_countdown(max(item.retry_after or 1.0 for item in items)),
@@ -294,7 +287,7 @@ def _retry_alone(retries: list[batches.Retry]) -> None:
                     maximum=DeliveryTask.retry_backoff_max,
                     full_jitter=DeliveryTask.retry_jitter,
                 )
-            _SINGLE_TASK[retry.channel].apply_async(
+            current_app.tasks[lanes.LANES[retry.channel].task].apply_async(
                 (retry.delivery_id,),
                 countdown=countdown,
                 queue=queue_for(retry.channel, retry.priority),
@@ -306,21 +299,21 @@ def _retry_alone(retries: list[batches.Retry]) -> None:
         logger.warning("could not schedule %d batch retries", len(retries), exc_info=True)
 
 
-@shared_task(base=DeliveryBatchTask, bind=True)
+@shared_task(base=DeliveryBatchTask, bind=True, name=lanes.PUSH.batch_task)
 def deliver_push_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
-    return _deliver_batch(self, "push", delivery_ids)
+    return _deliver_batch(self, lanes.PUSH.channel, delivery_ids)
 
 
-@shared_task(base=DeliveryBatchTask, bind=True)
+@shared_task(base=DeliveryBatchTask, bind=True, name=lanes.EMAIL.batch_task)
 def deliver_email_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
-    return _deliver_batch(self, "email", delivery_ids)
+    return _deliver_batch(self, lanes.EMAIL.channel, delivery_ids)
 
 
-@shared_task(base=DeliveryBatchTask, bind=True)
+@shared_task(base=DeliveryBatchTask, bind=True, name=lanes.SMS.batch_task)
 def deliver_sms_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
-    return _deliver_batch(self, "sms", delivery_ids)
+    return _deliver_batch(self, lanes.SMS.channel, delivery_ids)
 
 
-@shared_task(base=DeliveryBatchTask, bind=True)
+@shared_task(base=DeliveryBatchTask, bind=True, name=lanes.INAPP.batch_task)
 def deliver_inapp_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
-    return _deliver_batch(self, "inapp", delivery_ids)
+    return _deliver_batch(self, lanes.INAPP.channel, delivery_ids)

@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
+from channels.lanes import EMAIL, INAPP, LANES, MAINTENANCE_QUEUE
 from config.celery import app
 from devtools.fakes.smtp import FakeSMTPServer
 from preferences.models import Event
@@ -25,7 +26,8 @@ from tests.factories import CategoryFactory, EventFactory, TemplateFactory, crea
 from tests.proxied import proxied_api  # noqa: F401  (a fixture: the API behind nginx)
 from tests.workers import WorkerProcess, broker_queues, purge_broker, running_workers
 
-QUEUES = ("push", "email", "sms", "inapp", "maintenance")
+# The transactional lanes and maintenance: where a request or a test publishes a task.
+QUEUES = (*(row.queue for row in LANES.values()), MAINTENANCE_QUEUE)
 
 
 @receiver(setting_changed, dispatch_uid="tests.webhook_routes_follow_email_backend")
@@ -205,7 +207,7 @@ def workers(
 ) -> Iterator[dict[str, WorkerProcess]]:
     """One real `celery worker -Q <queue>` process per queue, on the test database and broker."""
     with running_workers(
-        ("email", "inapp", "maintenance"),
+        (EMAIL.queue, INAPP.queue, MAINTENANCE_QUEUE),
         tmp_path_factory.mktemp("workers"),
         EMAIL_URL=f"smtp://127.0.0.1:{smtp_relay.port}",
     ) as started:

@@ -1,5 +1,6 @@
 """docker-compose.yml puts the proxy in front of the API: the only published port is nginx's,
-with the repository's template, and gunicorn is reachable from the compose network only."""
+with the repository's template, and gunicorn is reachable from the compose network only; its
+workers consume the queues of the lanes table."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from channels import lanes
 from devtools import proxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,3 +44,25 @@ def test_no_other_service_publishes_a_port_and_the_api_trusts_the_proxy() -> Non
     assert api["environment"]["NOTIFY_BEHIND_PROXY"] == "1"
     assert "config/gunicorn.conf.py" in " ".join(api["command"])
     assert "healthcheck" in api
+
+
+def _queues_of(service: dict[str, Any]) -> str:
+    command = list(service["command"])
+    assert command[:4] == ["celery", "-A", "config", "worker"], command
+    return str(command[command.index("-Q") + 1])
+
+
+def test_the_workers_consume_the_queues_of_the_lanes_table() -> None:
+    """docker-compose.yml cannot import the table (channels/lanes.py): its -Q lists are held
+    to it here, so a channel or lane added there without a worker here fails."""
+    workers = {
+        name: _queues_of(service)
+        for name, service in _services().items()
+        if name.startswith("worker-")
+    }
+    expected = {f"worker-{name}": queues for name, queues in lanes.worker_queues().items()}
+    # A transactional-only worker per channel too (docs/lanes.md, layout f).
+    expected |= {f"worker-{row.channel}-transactional": row.queue for row in lanes.LANES.values()}
+    assert workers == expected
+    consumed = {queue for queues in workers.values() for queue in queues.split(",")}
+    assert consumed == set(lanes.all_queues())

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from channels.lanes import EMAIL
 from config.logmasking import MaskPersonalData, mask
 from tests.factories import RecipientFactory
 from tests.workers import running_worker, settled_delivery, wait_for
@@ -38,7 +39,7 @@ def test_personal_data_and_secrets_are_masked(text, masked):
     [
         # Ids support needs stay readable: deliveries and tasks are UUIDs.
         "delivery 3fa85f64-5717-4562-b3fc-2c963f66afa6 failed in a batch",
-        "notifications.tasks.deliver_email[3fa85f64-5717-4562-b3fc-2c963f66afa6] succeeded",
+        f"{EMAIL.task}[3fa85f64-5717-4562-b3fc-2c963f66afa6] succeeded",
         "sweep re-enqueued 12 stuck deliveries",
         "Twilio API 400 code 21211",
         "retention purge: {'deleted': 1000, 'seconds': 0.2}",
@@ -94,7 +95,7 @@ def test_a_celery_workers_log_is_masked(api_client, order_shipped, tmp_path):
     the console email backend prints each message there, addresses included."""
     recipient = RecipientFactory(email="jane.doe@example.com")
 
-    with running_worker("email", tmp_path, EMAIL_URL="consolemail://") as worker:
+    with running_worker(EMAIL.queue, tmp_path, EMAIL_URL="consolemail://") as worker:
         accepted = api_client.post(
             "/api/notify",
             {

@@ -42,9 +42,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 from kombu import Connection, Exchange, Queue
 
+from channels.lanes import LANES
 from notifications.models import BrokerCanary, BrokerLoss
 from notifications.services import fanout
-from notifications.services.enqueue import TASK_BY_CHANNEL, queue_for
 from preferences.models import Priority
 
 logger = logging.getLogger(__name__)
@@ -231,9 +231,9 @@ def publish_recovered(page: list[LostDelivery]) -> None:
         for lost in page:
             if lost.priority == Priority.TRANSACTIONAL:
                 current_app.send_task(
-                    TASK_BY_CHANNEL[lost.channel],
+                    LANES[lost.channel].task,
                     args=(lost.id,),
-                    queue=queue_for(lost.channel, lost.priority),
+                    queue=LANES[lost.channel].queue,
                     producer=producer,
                 )
             else:
@@ -241,9 +241,9 @@ def publish_recovered(page: list[LostDelivery]) -> None:
         for channel, ids in sorted(bulk.items()):
             for start in range(0, len(ids), size):
                 current_app.send_task(
-                    fanout.BATCH_TASK_BY_CHANNEL[channel],
+                    LANES[channel].batch_task,
                     args=(ids[start : start + size],),
-                    queue=queue_for(channel, Priority.BULK),
+                    queue=LANES[channel].bulk_queue,
                     producer=producer,
                 )
 

@@ -8,27 +8,21 @@ from collections.abc import Iterable
 from celery import current_app
 from django.db import transaction
 
+from channels.lanes import LANES
 from notifications.models import Delivery
 from preferences.models import Priority
 
 logger = logging.getLogger(__name__)
-
-TASK_BY_CHANNEL = {
-    "push": "notifications.tasks.deliver_push",
-    "email": "notifications.tasks.deliver_email",
-    "sms": "notifications.tasks.deliver_sms",
-    "inapp": "notifications.tasks.deliver_inapp",
-}
-
 
 # (delivery id, channel, priority): what one delivery task message needs.
 QueuedDelivery = tuple[int, str, str]
 
 
 def queue_for(channel: str, priority: str) -> str:
-    """Transactional deliveries use the channel's queue, bulk ones its ``.bulk`` twin, so an
-    OTP never waits behind a broadcast's backlog."""
-    return channel if priority == Priority.TRANSACTIONAL else f"{channel}.bulk"
+    """Transactional deliveries use the channel's transactional lane, bulk ones its bulk lane,
+    so an OTP never waits behind a broadcast's backlog."""
+    lanes = LANES[channel]
+    return lanes.queue if priority == Priority.TRANSACTIONAL else lanes.bulk_queue
 
 
 def with_lanes(delivery_ids: Iterable[int]) -> list[QueuedDelivery]:
@@ -55,7 +49,7 @@ def enqueue_deliveries(deliveries: Iterable[QueuedDelivery]) -> int:
         with current_app.producer_or_acquire() as producer:
             for delivery_id, channel, priority in items:
                 current_app.send_task(
-                    TASK_BY_CHANNEL[channel],
+                    LANES[channel].task,
                     args=(delivery_id,),
                     queue=queue_for(channel, priority),
                     producer=producer,

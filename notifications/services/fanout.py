@@ -26,20 +26,15 @@ from django.db import connection, transaction
 
 from channels import push
 from channels.base import Channel
+from channels.lanes import FANOUT_TASK, LANES, MAINTENANCE_QUEUE
 from notifications.models import Broadcast, DeliveryStatus
 from notifications.selectors import event_catalog
-from notifications.services.enqueue import queue_for
 from notifications.services.fanout_plan import Planned, Planner
 from preferences import selectors as recipients
 from preferences.models import Priority, Recipient
 
 logger = logging.getLogger(__name__)
 
-FANOUT_TASK = "notifications.tasks.broadcast_fanout"
-FANOUT_QUEUE = "maintenance"
-BATCH_TASK_BY_CHANNEL = {
-    channel: f"notifications.tasks.deliver_{channel}_batch" for channel in Channel.values
-}
 _ACTIVE = (Broadcast.Status.PENDING, Broadcast.Status.FANNING_OUT)
 
 
@@ -241,14 +236,17 @@ def _publish(broadcast_id: uuid.UUID, queued: list[tuple[int, str]], *, chain_ne
             for channel, ids in sorted(by_channel.items()):
                 for start in range(0, len(ids), size):
                     current_app.send_task(
-                        BATCH_TASK_BY_CHANNEL[channel],
+                        LANES[channel].batch_task,
                         args=(ids[start : start + size],),
-                        queue=queue_for(channel, Priority.BULK),
+                        queue=LANES[channel].bulk_queue,
                         producer=producer,
                     )
             if chain_next:
                 current_app.send_task(
-                    FANOUT_TASK, args=(str(broadcast_id),), queue=FANOUT_QUEUE, producer=producer
+                    FANOUT_TASK,
+                    args=(str(broadcast_id),),
+                    queue=MAINTENANCE_QUEUE,
+                    producer=producer,
                 )
     except Exception:
         logger.warning(
@@ -262,7 +260,7 @@ def _publish(broadcast_id: uuid.UUID, queued: list[tuple[int, str]], *, chain_ne
 def enqueue_fanout(broadcast_id: uuid.UUID) -> bool:
     """Publish a fan-out task for the broadcast (called after commit)."""
     try:
-        current_app.send_task(FANOUT_TASK, args=(str(broadcast_id),), queue=FANOUT_QUEUE)
+        current_app.send_task(FANOUT_TASK, args=(str(broadcast_id),), queue=MAINTENANCE_QUEUE)
     except Exception:
         logger.warning(
             "broadcast %s: could not publish its fan-out; the resume task will",

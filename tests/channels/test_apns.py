@@ -30,6 +30,7 @@ from channels.base import (
     TransientDeliveryError,
 )
 from channels.checks import check_providers
+from channels.lanes import PUSH
 from devtools.fakes.apns import FakeAPNs, device_token, new_signing_key
 from notifications import services
 from notifications.models import DeliveryStatus, FailedDelivery
@@ -468,7 +469,7 @@ def push_worker(
 ) -> Iterator[WorkerProcess]:
     folder = standalone_apns["folder"]
     with running_worker(
-        "push,push.bulk",  # both lanes, as make run and docker-compose start it
+        PUSH.worker_queues,  # both lanes, as make run and docker-compose start it
         tmp_path_factory.mktemp("apns-worker"),
         NOTIFY_PROVIDER_PUSH="channels.push.PushProvider",
         NOTIFY_PUSH_APNS="channels.apns.APNsSender",
@@ -544,7 +545,7 @@ def test_a_real_push_worker_retires_a_legacy_token_on_both_lanes(
     assert response.status_code == 202, response.content
     # The bulk lane's task, as a broadcast page publishes it.
     batched = queued_push(bulk[0].recipient, order_shipped)
-    deliver_push_batch.apply_async(args=([batched.pk],), queue="push.bulk")
+    deliver_push_batch.apply_async(args=([batched.pk],), queue=PUSH.bulk_queue)
 
     settled = [
         wait_for(

@@ -11,6 +11,7 @@ import pytest
 
 from channels import circuit
 from channels.base import ProviderPaused, TransientDeliveryError
+from channels.lanes import SMS
 from devtools.fakes.twilio import FakeTwilioServer
 from notifications import services
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
@@ -163,11 +164,11 @@ def test_a_batch_defers_its_paused_deliveries_into_one_later_batch(
 
     assert twilio.requests == []
     assert set(Delivery.objects.values_list("status", "attempts")) == {(DeliveryStatus.QUEUED, 0)}
-    (message,) = broker.messages("sms.bulk")
-    assert message["headers"]["task"] == "notifications.tasks.deliver_sms_batch"
+    (message,) = broker.messages(SMS.bulk_queue)
+    assert message["headers"]["task"] == SMS.batch_task
     assert message["body"][0] == [ids]
     assert message["headers"]["eta"]
-    assert broker.queued("sms") == 0
+    assert broker.queued(SMS.queue) == 0
 
 
 @pytest.mark.integration
@@ -185,7 +186,7 @@ def test_an_outage_pauses_twilio_instead_of_dead_lettering_then_everything_is_se
         NOTIFY_CIRCUIT_FAILURES="2",
         NOTIFY_CIRCUIT_COOLDOWN_SECONDS="3",
     )
-    with running_worker("sms", tmp_path, **env) as worker:
+    with running_worker(SMS.queue, tmp_path, **env) as worker:
         enqueue_deliveries((d.pk, "sms", Priority.TRANSACTIONAL) for d in deliveries)
         wait_for(
             lambda: circuit.state("twilio") == circuit.State.OPEN,

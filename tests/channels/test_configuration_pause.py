@@ -14,6 +14,7 @@ import pytest
 from django.test import Client
 
 from channels import circuit
+from channels.lanes import EMAIL
 from devtools.fakes.postmark import DEFAULT_TOKEN, FakePostmark
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
 from notifications.services.enqueue import enqueue_deliveries
@@ -163,13 +164,13 @@ def test_a_refused_sender_pauses_email_then_everything_goes_once_it_is_fixed(
     single = _emails(order_shipped, 4, priority=Priority.TRANSACTIONAL)
     bulk = _emails(order_shipped, 6, priority=Priority.BULK, start=100)
     everything = [d.pk for d in single + bulk]
-    queues = ["email", "email.bulk"]
+    queues = [EMAIL.queue, EMAIL.bulk_queue]
     (tmp_path / "bad").mkdir()
     (tmp_path / "good").mkdir()
 
     with running_workers(queues, tmp_path / "bad", **_worker_env(postmark, BAD_SENDER)) as bad:
         enqueue_deliveries((d.pk, "email", Priority.TRANSACTIONAL) for d in single)
-        deliver_email_batch.apply_async(([d.pk for d in bulk],), queue="email.bulk")
+        deliver_email_batch.apply_async(([d.pk for d in bulk],), queue=EMAIL.bulk_queue)
 
         def all_deferred() -> bool:
             rows = Delivery.objects.filter(pk__in=everything)

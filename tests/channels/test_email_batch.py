@@ -12,6 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from channels.base import Destination, OutboundMessage
 from channels.email_batch import batch_groups
+from channels.lanes import EMAIL
 from devtools.fakes.postmark import FORBIDDEN, FakePostmark
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
 from notifications.services import batches
@@ -126,7 +127,7 @@ def test_an_esp_failure_of_the_whole_call_retries_every_delivery_it_carried(news
     for delivery in Delivery.objects.filter(pk__in=ids.values()):
         assert (delivery.status, delivery.attempts) == (DeliveryStatus.QUEUED, 1)
         assert "500" in delivery.last_error
-    assert broker.queued("email.bulk") == 3  # each retried alone, as a single delivery
+    assert broker.queued(EMAIL.bulk_queue) == 3  # each retried alone, as a single delivery
 
     # The retries go one by one, and each address receives the message once.
     counts = deliver_email_batch.apply(args=(list(ids.values()),)).get()

@@ -15,6 +15,7 @@ import pytest
 from channels import circuit
 from channels.base import ProviderPaused, TransientDeliveryError
 from channels.checks import check_providers
+from channels.lanes import EMAIL
 from devtools.fakes.postmark import DEFAULT_TOKEN, FakePostmark
 from notifications import services
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
@@ -336,7 +337,7 @@ def email_worker(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
     with running_worker(
-        "email",
+        EMAIL.queue,
         tmp_path_factory.mktemp("postmark-worker"),
         EMAIL_BACKEND=POSTMARK_BACKEND,
         ANYMAIL_POSTMARK_SERVER_TOKEN=DEFAULT_TOKEN,

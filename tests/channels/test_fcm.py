@@ -19,6 +19,7 @@ from django.core.management.base import SystemCheckError
 
 from channels.base import TransientDeliveryError
 from channels.checks import check_providers
+from channels.lanes import PUSH
 from devtools.fakes.fcm import AUDIENCE, JWT_BEARER, FakeFCM, write_service_account
 from notifications import services
 from notifications.models import DeliveryStatus, FailedDelivery
@@ -420,7 +421,7 @@ def push_worker(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
     with running_worker(
-        "push",
+        PUSH.queue,
         tmp_path_factory.mktemp("fcm-worker"),
         NOTIFY_PROVIDER_PUSH="channels.push.PushProvider",
         NOTIFY_PUSH_APNS="",

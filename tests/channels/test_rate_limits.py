@@ -10,6 +10,7 @@ import pytest
 
 from channels import circuit, guard_redis, ratelimit
 from channels.base import ProviderPaused
+from channels.lanes import SMS
 from devtools.fakes.twilio import FakeTwilioServer
 from notifications import services
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
@@ -91,7 +92,7 @@ def test_a_delivery_whose_wait_runs_out_is_deferred_not_attempted(
     assert received(twilio, second.notification.recipient.phone) == 0
     # The task publishes it again, due after the window, as retry number 0: no retry spent.
     assert deliver_sms(second.pk) == Outcome.DEFERRED
-    (message,) = broker.messages("sms")
+    (message,) = broker.messages(SMS.queue)
     assert message["body"][0] == [second.pk]
     assert message["headers"]["retries"] == 0
     assert message["headers"]["eta"]
@@ -137,7 +138,7 @@ def test_two_worker_processes_share_the_limit(
     ]
     env = twilio_worker_env(twilio, NOTIFY_RATE_LIMITS=f"twilio={limit}/second")
 
-    with running_workers(("sms", "sms.bulk"), tmp_path, **env) as workers:
+    with running_workers((SMS.queue, SMS.bulk_queue), tmp_path, **env) as workers:
         enqueue_deliveries((d.pk, "sms", d.notification.priority) for d in deliveries)
         wait_for(
             lambda: Delivery.objects.filter(status=DeliveryStatus.SENT).count() == 60,

@@ -16,6 +16,7 @@ import pytest
 from channels import circuit
 from channels.base import ProviderPaused, TransientDeliveryError
 from channels.checks import check_providers
+from channels.lanes import SMS
 from channels.sms import SMSProvider, _client
 from devtools.fakes.twilio import FakeTwilioServer
 from notifications import services
@@ -305,7 +306,7 @@ def sms_worker(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
     with running_worker(
-        "sms",
+        SMS.queue,
         tmp_path_factory.mktemp("sms-worker"),
         NOTIFY_PROVIDER_SMS="channels.sms.SMSProvider",
         TWILIO_ACCOUNT_SID=twilio_server.account_sid,

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from channels.lanes import EMAIL, INAPP, MAINTENANCE_QUEUE
 from notifications.models import Delivery, DeliveryStatus, Notification
 from tests.factories import CategoryFactory, DeviceFactory, PreferenceFactory, RecipientFactory
 
@@ -51,8 +52,8 @@ def test_accept_queues_deliveries_and_enqueues_after_commit(
     notification = Notification.objects.get(pk=body["id"])
     email = Delivery.objects.get(notification=notification, channel="email")
     assert email.content["subject"] == "Order 9 shipped"
-    assert broker.queued("email") == 1
-    assert broker.queued("inapp") == 1
+    assert broker.queued(EMAIL.queue) == 1
+    assert broker.queued(INAPP.queue) == 1
 
 
 def test_accept_records_the_notification_and_one_queued_delivery_per_channel(
@@ -101,8 +102,8 @@ def test_tasks_are_published_only_after_commit_and_name_the_delivery(
         )
     assert response.status_code == 202
     # The rows exist, but until the transaction commits nothing may reach a worker.
-    assert broker.queued("email") == 0
-    assert broker.queued("inapp") == 0
+    assert broker.queued(EMAIL.queue) == 0
+    assert broker.queued(INAPP.queue) == 0
 
     for callback in callbacks:
         callback()
@@ -110,13 +111,9 @@ def test_tasks_are_published_only_after_commit_and_name_the_delivery(
     deliveries = {
         d.channel: d.pk for d in Delivery.objects.filter(notification=response.json()["id"])
     }
-    assert published_tasks(broker, "email") == [
-        ("notifications.tasks.deliver_email", [deliveries["email"]])
-    ]
-    assert published_tasks(broker, "inapp") == [
-        ("notifications.tasks.deliver_inapp", [deliveries["inapp"]])
-    ]
-    assert broker.queued("maintenance") == 0
+    assert published_tasks(broker, EMAIL.queue) == [(EMAIL.task, [deliveries["email"]])]
+    assert published_tasks(broker, INAPP.queue) == [(INAPP.task, [deliveries["inapp"]])]
+    assert broker.queued(MAINTENANCE_QUEUE) == 0
 
 
 def test_explicit_channels_replace_the_event_defaults(
@@ -138,8 +135,8 @@ def test_explicit_channels_replace_the_event_defaults(
     assert response.status_code == 202
     assert response.json()["deliveries"] == [{"channel": "inapp", "status": "queued"}]
     assert list(Delivery.objects.values_list("channel", flat=True)) == ["inapp"]
-    assert broker.queued("inapp") == 1
-    assert broker.queued("email") == 0
+    assert broker.queued(INAPP.queue) == 1
+    assert broker.queued(EMAIL.queue) == 0
 
 
 def test_data_is_optional(api_client, order_shipped, broker, django_capture_on_commit_callbacks):
@@ -173,7 +170,7 @@ def test_duplicate_channels_are_refused_not_merged(api_client, order_shipped, br
     assert response.status_code == 400, response.content
     assert set(response.json()["error"]["fields"]) == {"channels"}
     assert not Delivery.objects.exists()
-    assert broker.queued("inapp") == 0
+    assert broker.queued(INAPP.queue) == 0
 
 
 def test_all_four_channels_when_configured(

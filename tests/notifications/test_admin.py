@@ -4,6 +4,7 @@ import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
 
+from channels.lanes import EMAIL, SMS
 from notifications.models import (
     Delivery,
     DeliveryStatus,
@@ -292,13 +293,13 @@ def test_replay_selected_requeues_once(
     assert delivery.status == DeliveryStatus.QUEUED
     assert letter.replayed_at is not None
     assert letter.replayed_by == "admin"
-    assert broker.queued("email") == 1
+    assert broker.queued(EMAIL.queue) == 1
     assert first == ["Replayed 1 of 1 selected dead letters."]
 
     second = _replay(admin_client, [letter], django_capture_on_commit_callbacks)
 
     assert second == ["Replayed 0 of 1 selected dead letters. 1 skipped: already replayed."]
-    assert broker.queued("email") == 1
+    assert broker.queued(EMAIL.queue) == 1
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.QUEUED
 
@@ -323,7 +324,7 @@ def test_replay_selected_reports_a_mixed_selection(
     messages = _replay(admin_client, [fresh, done], django_capture_on_commit_callbacks)
 
     assert messages == ["Replayed 1 of 2 selected dead letters. 1 skipped: already replayed."]
-    assert (broker.queued("sms"), broker.queued("email")) == (1, 0)
+    assert (broker.queued(SMS.queue), broker.queued(EMAIL.queue)) == (1, 0)
     done.refresh_from_db()
     assert done.replayed_by == "earlier"
 
@@ -357,7 +358,7 @@ def test_replay_needs_its_own_permission_not_change(
 
     letter.refresh_from_db()
     assert letter.replayed_at is None
-    assert broker.queued("email") == 0
+    assert broker.queued(EMAIL.queue) == 0
 
 
 def test_the_replay_permission_allows_replaying(
@@ -379,7 +380,7 @@ def test_the_replay_permission_allows_replaying(
     assert _replay(client, [letter], django_capture_on_commit_callbacks) == [
         "Replayed 1 of 1 selected dead letters."
     ]
-    assert broker.queued("email") == 1
+    assert broker.queued(EMAIL.queue) == 1
 
 
 def test_the_admin_is_for_staff_only(client, django_user_model):

@@ -9,6 +9,7 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
+from channels.lanes import EMAIL, PUSH
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery, InboxMessage
 from notifications.services import Outcome, batches, broadcasts, transitions
 from notifications.tasks import (
@@ -65,19 +66,19 @@ def test_sent_transient_and_permanent_in_one_batch_each_as_if_single(news, push_
     assert flaky.lease_until is not None
     # Permanent: failed, dead-lettered, the dead token's device retired.
     assert (dead.status, dead.reason) == ("failed", "Unregistered")
-    assert FailedDelivery.objects.get(delivery=dead).task_name.endswith("deliver_push_batch")
+    assert FailedDelivery.objects.get(delivery=dead).task_name == PUSH.batch_task
     device = Device.objects.get(token=apns_token("dead"))
     assert not device.active and device.deactivation_reason
     # The transient one alone is retried as a single task, on the bulk lane, already counted
     # as its first retry so the retry budget is the single path's.
-    (retry,) = _queued_messages(broker, "push.bulk")
-    assert retry["headers"]["task"] == "notifications.tasks.deliver_push"
+    (retry,) = _queued_messages(broker, PUSH.bulk_queue)
+    assert retry["headers"]["task"] == PUSH.task
     assert retry["headers"]["argsrepr"] == repr((ids["flaky"],))
     assert retry["headers"]["retries"] == 1
     # The single task's own first backoff (jittered: 0-2 s in the test settings).
     eta = retry["headers"]["eta"]
     assert eta is None or datetime.fromisoformat(eta) < timezone.now() + timedelta(seconds=3)
-    assert broker.queued("push") == 0
+    assert broker.queued(PUSH.queue) == 0
 
     assert deliver_push.apply(args=(ids["flaky"],), retries=1).get() == "sent"
     flaky.refresh_from_db()
@@ -91,7 +92,7 @@ def test_a_providers_retry_after_is_the_retrys_countdown(news, push_sender, brok
 
     assert deliver_push_batch.apply(args=([ids["slow"]],)).get() == {"retry": 1}
 
-    (retry,) = _queued_messages(broker, "push.bulk")
+    (retry,) = _queued_messages(broker, PUSH.bulk_queue)
     # 30 s from now, not the 0-2 s backoff of the test settings.
     eta = retry["headers"]["eta"]
     assert datetime.fromisoformat(eta) > timezone.now() + timedelta(seconds=20)
@@ -115,7 +116,7 @@ def test_mixed_smtp_outcomes_in_one_email_batch(news, settings, smtp_relay, brok
     assert tempfail.status == "queued" and "451" in tempfail.last_error
     assert bounce.status == "failed" and FailedDelivery.objects.filter(delivery=bounce).exists()
     assert Suppression.objects.filter(address=addresses[2].lower(), channel="email").exists()
-    assert broker.queued("email.bulk") == 1
+    assert broker.queued(EMAIL.bulk_queue) == 1
 
 
 def test_the_batch_claim_skips_rows_already_sending_sent_or_skipped(news, push_sender):
@@ -201,7 +202,7 @@ def test_a_configuration_error_pauses_the_provider_for_the_rest_of_the_batch(
     )
     assert Delivery.objects.get(pk=ids["also-good"]).status == DeliveryStatus.QUEUED
     assert push_sender.sent == ["good"]
-    (deferred,) = broker.messages("push.bulk")
+    (deferred,) = broker.messages(PUSH.bulk_queue)
     assert sorted(deferred["body"][0][0]) == sorted([ids["bad"], ids["also-good"]])
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from channels.lanes import MAINTENANCE_QUEUE, SKIP_CANCELLED_TASK
 from notifications.models import Broadcast, Delivery, DeliveryStatus, Notification
 from notifications.services import broadcasts, transitions
 from notifications.tasks import skip_cancelled_deliveries
@@ -51,8 +52,8 @@ def test_cancel_skips_one_chunk_in_the_request_and_hands_the_rest_to_a_task(
     assert response.status_code == 200
     assert response.json()["deliveries"]["skippedByReason"] == {"cancelled": 2}
     assert _statuses(broadcast_id) == {"queued": 2, "skipped": 2, "sending": 1}
-    (task,) = broker.messages("maintenance")
-    assert task["headers"]["task"] == "notifications.tasks.skip_cancelled_deliveries"
+    (task,) = broker.messages(MAINTENANCE_QUEUE)
+    assert task["headers"]["task"] == SKIP_CANCELLED_TASK
     # It goes on after the page the request did: the second recipient's.
     second = sorted(deliveries.values_list("notification__recipient_id", flat=True))[1]
     assert task["headers"]["argsrepr"] == repr((broadcast_id, second))
@@ -72,7 +73,7 @@ def test_a_small_broadcast_is_cancelled_whole_in_the_request(
         api_client.post(f"/api/broadcasts/{broadcast_id}/cancel")
 
     assert _statuses(broadcast_id) == {"queued": 0, "skipped": 3, "sending": 0}
-    assert broker.queued("maintenance") == 0
+    assert broker.queued(MAINTENANCE_QUEUE) == 0
 
 
 def test_the_skip_task_hands_over_to_a_next_run_when_its_time_is_spent(news, settings, broker):
@@ -84,8 +85,8 @@ def test_the_skip_task_hands_over_to_a_next_run_when_its_time_is_spent(news, set
     assert skip_cancelled_deliveries.apply(args=(broadcast_id,)).get() == 2
 
     assert _statuses(broadcast_id)["queued"] == 3
-    (task,) = broker.messages("maintenance")
-    assert task["headers"]["task"] == "notifications.tasks.skip_cancelled_deliveries"
+    (task,) = broker.messages(MAINTENANCE_QUEUE)
+    assert task["headers"]["task"] == SKIP_CANCELLED_TASK
     # The next run starts after the page this one did, not from the beginning.
     (_, cursor) = ast.literal_eval(task["headers"]["argsrepr"])
     settings.NOTIFY_BROADCAST_CANCEL_TIME_BUDGET_SECONDS = 60

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from channels.lanes import FANOUT_TASK, MAINTENANCE_QUEUE
 from notifications.models import Broadcast, Delivery, DeliveryStatus, Notification, Template
 from notifications.services import transitions
 from tests.factories import RecipientFactory
@@ -36,8 +37,8 @@ def test_accepting_records_the_broadcast_and_starts_its_fan_out_after_commit(
     assert (broadcast.audience, broadcast.channels) == ({"topic": "news"}, ["email"])
     assert broadcast.data == {"headline": "Hi"}
     assert not Notification.objects.exists()  # the fan-out is the task's job, not the request's
-    message = broker.messages("maintenance")[-1]
-    assert message["headers"]["task"] == "notifications.tasks.broadcast_fanout"
+    message = broker.messages(MAINTENANCE_QUEUE)[-1]
+    assert message["headers"]["task"] == FANOUT_TASK
 
 
 def test_channels_default_to_the_events_and_are_fixed_at_accept(api_client, news):

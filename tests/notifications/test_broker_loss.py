@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
+from channels.lanes import INAPP, MAINTENANCE_QUEUE
 from config.celery import app
 from notifications.models import (
     BrokerCanary,
@@ -189,16 +190,14 @@ def test_a_loss_republishes_queued_deliveries_newest_first_in_pages_and_batches(
 
     requeued, more = broker_watch.broker_recover(time_budget=0)  # one page
     assert (requeued, more) == (2, True)
-    assert _published(broker, "inapp") == [otp]
-    assert _published(broker, "inapp.bulk") == [bulk[0]]
+    assert _published(broker, INAPP.queue) == [otp]
+    assert _published(broker, INAPP.bulk_queue) == [bulk[0]]
 
     assert broker_watch.broker_recover(time_budget=60) == (3, False)
-    assert sorted(_published(broker, "inapp")) == sorted([otp, old_otp])
-    assert sorted(_published(broker, "inapp.bulk")) == sorted(bulk)
+    assert sorted(_published(broker, INAPP.queue)) == sorted([otp, old_otp])
+    assert sorted(_published(broker, INAPP.bulk_queue)) == sorted(bulk)
     # Bulk ones travel in batch tasks, as their fan-out published them.
-    assert {m["headers"]["task"] for m in broker.messages("inapp.bulk")} == {
-        "notifications.tasks.deliver_inapp_batch"
-    }
+    assert {m["headers"]["task"] for m in broker.messages(INAPP.bulk_queue)} == {INAPP.batch_task}
     loss.refresh_from_db()
     assert loss.finished_at is not None and loss.requeued == 5
 
@@ -211,8 +210,8 @@ def test_a_loss_of_the_last_writes_republishes_only_those(broker: Broker) -> Non
     )
 
     assert broker_watch.broker_recover(time_budget=60) == (1, False)
-    assert _published(broker, "inapp") == [recent]
-    assert broker.queued("inapp.bulk") == 0
+    assert _published(broker, INAPP.queue) == [recent]
+    assert broker.queued(INAPP.bulk_queue) == 0
 
 
 def test_a_total_loss_supersedes_a_partial_one_still_being_worked_off(broker: Broker) -> None:
@@ -238,7 +237,7 @@ def test_deliveries_lost_with_the_broker_go_out_within_seconds_not_a_lease(
     env = worker_env(NOTIFY_BROKER_WATCH_SECONDS="2")
     beat = BeatProcess(env, tmp_path)
     try:
-        with running_workers(["maintenance"], tmp_path, NOTIFY_BROKER_WATCH_SECONDS="2"):
+        with running_workers([MAINTENANCE_QUEUE], tmp_path, NOTIFY_BROKER_WATCH_SECONDS="2"):
             wait_for(
                 lambda: BrokerCanary.objects.exclude(token="").exists(),
                 timeout=60,
@@ -260,15 +259,15 @@ def test_deliveries_lost_with_the_broker_go_out_within_seconds_not_a_lease(
         fan_out(broadcast)
         pending = Delivery.objects.filter(status=DeliveryStatus.QUEUED)
         assert pending.count() == 6
-        assert broker.queued("inapp") == 3 and broker.queued("inapp.bulk") == 1
+        assert broker.queued(INAPP.queue) == 3 and broker.queued(INAPP.bulk_queue) == 1
         lease_left = min(d.lease_until for d in pending) - timezone.now()
         assert lease_left > timedelta(minutes=4)  # the lease would keep them for minutes
 
         lose_broker_messages()
-        assert broker.queued("inapp") == broker.queued("inapp.bulk") == 0
+        assert broker.queued(INAPP.queue) == broker.queued(INAPP.bulk_queue) == 0
 
         with running_workers(
-            ["maintenance", "inapp,inapp.bulk"], tmp_path, NOTIFY_BROKER_WATCH_SECONDS="2"
+            [MAINTENANCE_QUEUE, INAPP.worker_queues], tmp_path, NOTIFY_BROKER_WATCH_SECONDS="2"
         ):
             # Well under the 300 s lease: only the watch can make this deadline.
             wait_for(

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from channels.lanes import EMAIL
 from notifications import services
 from notifications.models import Delivery, DeliveryStatus
 from tests.factories import RecipientFactory
@@ -54,7 +55,7 @@ def test_accept_survives_a_dead_broker_and_the_sweep_delivers_later(api_key, ord
     assert "could not publish" in completed.stderr
     delivery = Delivery.objects.get(notification_id=answer["body"]["id"])
     assert delivery.status == DeliveryStatus.QUEUED
-    assert broker.queued("email") == 0
+    assert broker.queued(EMAIL.queue) == 0
 
     # Once the lease runs out the sweep publishes it to the (now reachable) broker.
     assert services.sweep_stuck_deliveries() == 0  # lease still running: not yet
@@ -62,4 +63,4 @@ def test_accept_survives_a_dead_broker_and_the_sweep_delivers_later(api_key, ord
         lease_until=timezone.now() - timedelta(seconds=1)
     )
     assert services.sweep_stuck_deliveries() == 1  # publishes on commit
-    assert broker.queued("email") == 1
+    assert broker.queued(EMAIL.queue) == 1

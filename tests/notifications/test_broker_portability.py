@@ -6,6 +6,7 @@ import pytest
 from celery.app.task import Context
 from django.conf import settings
 
+from channels.lanes import EMAIL, MAINTENANCE_QUEUE, PUSH
 from config.celery import app
 from notifications.tasks import _countdown, deliver_email, deliver_push
 
@@ -20,10 +21,10 @@ def _request(routing_key: str | None) -> Context:
 @pytest.mark.parametrize(
     ("routing_key", "lane"),
     [
-        ("email.bulk", "email.bulk"),
-        ("email", "email"),
-        (DELAYED + "email.bulk", "email.bulk"),  # arrived after a countdown on quorum queues
-        (DELAYED + "email", "email"),
+        (EMAIL.bulk_queue, EMAIL.bulk_queue),
+        (EMAIL.queue, EMAIL.queue),
+        (DELAYED + EMAIL.bulk_queue, EMAIL.bulk_queue),  # after a countdown on quorum queues
+        (DELAYED + EMAIL.queue, EMAIL.queue),
     ],
 )
 def test_a_retry_stays_in_the_lane_it_came_from(routing_key, lane):
@@ -39,7 +40,7 @@ def test_a_retry_without_a_lane_falls_back_to_the_tasks_route():
     retry = deliver_push.signature_from_request(_request(None), countdown=5)
 
     assert "queue" not in retry.options
-    assert app.amqp.router.route(dict(retry.options), deliver_push.name)["queue"].name == "push"
+    assert app.amqp.router.route(dict(retry.options), deliver_push.name)["queue"].name == PUSH.queue
 
 
 @pytest.mark.parametrize(("seconds", "whole"), [(0.5, 1), (1.0, 1), (29.2, 30), (0.0, 0)])
@@ -56,4 +57,4 @@ def test_each_transport_gets_only_its_own_options():
         assert "queue_order_strategy" not in options and "visibility_timeout" not in options
         declared = {queue.name for queue in settings.CELERY_TASK_QUEUES}
         assert declared == set(settings.NOTIFY_QUEUES)
-        assert {"email", "email.bulk", "maintenance"} <= declared
+        assert {EMAIL.queue, EMAIL.bulk_queue, MAINTENANCE_QUEUE} <= declared

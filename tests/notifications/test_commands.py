@@ -10,6 +10,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from channels.lanes import EMAIL
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery, Template
 from preferences.models import Category, Event
 from tests.factories import DeliveryFactory, RecipientFactory
@@ -48,13 +49,13 @@ def test_replay_failed_by_channel_and_age(
     out = io.StringIO()
     call_command("replay_failed", "--channel", "email", "--since", "1h", "--dry-run", stdout=out)
     assert "1 dead letters would be replayed" in out.getvalue()
-    assert broker.queued("email") == 0
+    assert broker.queued(EMAIL.queue) == 0
 
     with django_capture_on_commit_callbacks(execute=True):
         call_command("replay_failed", "--channel", "email", "--since", "1h", stdout=out)
         call_command("replay_failed", "--channel", "email", "--since", "1h", stdout=out)
 
-    assert broker.queued("email") == 1
+    assert broker.queued(EMAIL.queue) == 1
     assert Delivery.objects.get(pk=recent_email.delivery_id).status == DeliveryStatus.QUEUED
     assert Delivery.objects.get(pk=old_email.delivery_id).status == DeliveryStatus.FAILED
     assert Delivery.objects.get(pk=recent_inapp.delivery_id).status == DeliveryStatus.FAILED

@@ -12,6 +12,7 @@ from django.utils import timezone
 from channels.base import (
     TransientDeliveryError,
 )
+from channels.lanes import EMAIL, INAPP
 from notifications import services
 from notifications.models import (
     Delivery,
@@ -277,7 +278,7 @@ def test_sweep_requeues_only_expired_pending_deliveries(
     assert statuses[expired_sending.pk] == "queued"
     assert statuses[done.pk] == "sent"
     assert Delivery.objects.get(pk=fresh.pk).history == []
-    assert broker.queued("email") == 1 and broker.queued("inapp") == 1
+    assert broker.queued(EMAIL.queue) == 1 and broker.queued(INAPP.queue) == 1
     # A second sweep finds nothing: the leases were renewed.
     with django_capture_on_commit_callbacks(execute=True):
         assert services.sweep_stuck_deliveries() == 0

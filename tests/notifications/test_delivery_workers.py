@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from django_celery_results.models import TaskResult
 
+from channels.lanes import EMAIL
 from notifications import services
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery, InboxMessage
 from notifications.tasks import sweep_stuck_deliveries
@@ -76,12 +77,10 @@ def test_retries_are_bounded_then_dead_lettered(api_client, order_shipped, worke
     letter = FailedDelivery.objects.get(delivery=email)
     assert letter.error_class == "channels.base.TransientDeliveryError"
     assert "451" in letter.error_message
-    assert letter.task_name == "notifications.tasks.deliver_email"
+    assert letter.task_name == EMAIL.task
     # The failed task is also kept by django-celery-results (results are otherwise ignored).
     wait_for(
-        lambda: TaskResult.objects.filter(
-            task_name="notifications.tasks.deliver_email", status="FAILURE"
-        ).exists(),
+        lambda: TaskResult.objects.filter(task_name=EMAIL.task, status="FAILURE").exists(),
         what="stored task failure",
     )
 

@@ -12,6 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from channels.base import Channel
+from channels.lanes import EMAIL, FANOUT_TASK, INAPP, MAINTENANCE_QUEUE
 from notifications.models import Broadcast, Delivery, InboxMessage, Notification, Template
 from notifications.services import broadcasts, fanout, fanout_plan
 from notifications.services.fanout import PageOutcome
@@ -311,13 +312,13 @@ def test_after_commit_deliveries_go_in_batches_on_bulk_lanes_and_the_next_page_i
     with django_capture_on_commit_callbacks(execute=True):
         assert fanout.broadcast_fanout_page(broadcast_id=broadcast_id) == MORE
 
-    assert (broker.queued("email.bulk"), broker.queued("inapp.bulk")) == (2, 2)  # 3 = 2 + 1
-    assert (broker.queued("email"), broker.queued("inapp")) == (0, 0)
-    assert broker.queued("maintenance") == 1
-    message = broker.messages("email.bulk")[-1]
-    assert message["headers"]["task"] == "notifications.tasks.deliver_email_batch"
-    chained = broker.messages("maintenance")[-1]
-    assert chained["headers"]["task"] == "notifications.tasks.broadcast_fanout"
+    assert (broker.queued(EMAIL.bulk_queue), broker.queued(INAPP.bulk_queue)) == (2, 2)  # 3 = 2 + 1
+    assert (broker.queued(EMAIL.queue), broker.queued(INAPP.queue)) == (0, 0)
+    assert broker.queued(MAINTENANCE_QUEUE) == 1
+    message = broker.messages(EMAIL.bulk_queue)[-1]
+    assert message["headers"]["task"] == EMAIL.batch_task
+    chained = broker.messages(MAINTENANCE_QUEUE)[-1]
+    assert chained["headers"]["task"] == FANOUT_TASK
     assert chained["headers"]["argsrepr"] == repr((str(broadcast_id),))
 
 
@@ -329,7 +330,7 @@ def test_resume_restarts_unfinished_fan_outs_only(news, broker):
 
     assert fanout.broadcasts_resume() == 1
 
-    message = broker.messages("maintenance")[-1]
+    message = broker.messages(MAINTENANCE_QUEUE)[-1]
     assert message["headers"]["argsrepr"] == repr((str(unfinished),))
 
 
@@ -367,7 +368,7 @@ def broadcast_workers(django_db_setup, django_db_blocker, smtp_relay, tmp_path_f
     log_dir = tmp_path_factory.mktemp("broadcast-workers")
     started = [
         WorkerProcess(queues, env, log_dir)
-        for queues in ("maintenance", "email,email.bulk", "inapp,inapp.bulk")
+        for queues in (MAINTENANCE_QUEUE, EMAIL.worker_queues, INAPP.worker_queues)
     ]
     try:
         for worker in started:

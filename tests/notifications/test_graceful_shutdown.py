@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from channels.lanes import SMS
 from config.celery import app
 from devtools.fakes.twilio import FakeTwilioServer
 from notifications.models import Delivery, DeliveryStatus
@@ -56,7 +57,7 @@ def test_sigterm_finishes_in_flight_sends_and_leaves_the_rest_queued(
     waiting = queued_sms(order_shipped, numbers(1)[0])
     env = twilio_worker_env(twilio, TWILIO_STATUS_CALLBACK_URL=CALLBACK)
 
-    with running_worker("sms", tmp_path, **env) as worker:
+    with running_worker(SMS.queue, tmp_path, **env) as worker:
         _enqueue(*slow)
         wait_for(
             lambda: len(twilio.messages_to(SLOW_NUMBER)) == 2,
@@ -72,7 +73,7 @@ def test_sigterm_finishes_in_flight_sends_and_leaves_the_rest_queued(
         assert _accepted(twilio, delivery) == 1
     # Not started, so not acknowledged: still in the queue, for the next worker.
     assert _status(waiting) == (DeliveryStatus.QUEUED, 0)
-    assert broker.queued("sms") == 1
+    assert broker.queued(SMS.queue) == 1
 
     # The next worker (on the same broker, not emptied) takes it from there.
     (tmp_path / "second").mkdir()
@@ -86,7 +87,7 @@ def test_sigterm_finishes_in_flight_sends_and_leaves_the_rest_queued(
     finally:
         successor.stop()
     assert _accepted(twilio, waiting) == 1
-    assert broker.queued("sms") == 0
+    assert broker.queued(SMS.queue) == 0
 
 
 @pytest.mark.integration
@@ -99,7 +100,7 @@ def test_a_copy_redelivered_while_the_first_is_sending_sends_nothing_twice(
     delivery = queued_sms(order_shipped, SLOW_NUMBER)
     env = twilio_worker_env(twilio, TWILIO_STATUS_CALLBACK_URL=CALLBACK, LOG_LEVEL="INFO")
 
-    with running_worker("sms", tmp_path, **env) as worker:
+    with running_worker(SMS.queue, tmp_path, **env) as worker:
         _enqueue(delivery)
         wait_for(lambda: twilio.messages_to(SLOW_NUMBER), what="the slow send in flight")
         # What Redis does once a message has been unacknowledged for visibility_timeout:

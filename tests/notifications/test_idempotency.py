@@ -7,6 +7,7 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
+from channels.lanes import EMAIL, INAPP
 from notifications.models import Delivery, Notification
 from tests.factories import (
     EventFactory,
@@ -47,7 +48,7 @@ def test_same_key_same_body_replays_the_first_answer(
     first, _ = notify(api_client, body(), django_capture_on_commit_callbacks)
     assert first.status_code == 202
     assert "Idempotent-Replayed" not in first
-    assert broker.queued("email") == 1
+    assert broker.queued(EMAIL.queue) == 1
 
     second, callbacks = notify(api_client, body(), django_capture_on_commit_callbacks)
 
@@ -57,8 +58,8 @@ def test_same_key_same_body_replays_the_first_answer(
     assert Notification.objects.count() == 1
     assert Delivery.objects.count() == 2
     assert callbacks == []
-    assert broker.queued("email") == 1
-    assert broker.queued("inapp") == 1
+    assert broker.queued(EMAIL.queue) == 1
+    assert broker.queued(INAPP.queue) == 1
 
 
 def test_replay_answers_as_at_accept_even_if_preferences_changed(
@@ -162,7 +163,7 @@ def test_same_key_different_body_is_a_conflict(
     assert callbacks == []
     assert Notification.objects.count() == 1
     assert Delivery.objects.count() == 2
-    assert broker.queued("email") == 1
+    assert broker.queued(EMAIL.queue) == 1
 
 
 def test_the_same_key_from_two_api_keys_makes_two_notifications(
@@ -177,7 +178,7 @@ def test_the_same_key_from_two_api_keys_makes_two_notifications(
     assert first.status_code == second.status_code == 202
     assert first.json()["id"] != second.json()["id"]
     assert Notification.objects.count() == 2
-    assert broker.queued("email") == 2
+    assert broker.queued(EMAIL.queue) == 2
 
 
 def test_without_a_key_every_request_is_new(
@@ -219,5 +220,5 @@ def test_concurrent_identical_requests_create_one_notification(api_key, order_sh
     assert Notification.objects.count() == 1
     assert Delivery.objects.count() == 2
     # Only the request that inserted published anything (on its real commit).
-    assert broker.queued("email") == 1
-    assert broker.queued("inapp") == 1
+    assert broker.queued(EMAIL.queue) == 1
+    assert broker.queued(INAPP.queue) == 1

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from channels.lanes import EMAIL
 from notifications import services
 from notifications.models import Delivery, Notification
 from preferences.models import Event
@@ -35,8 +36,8 @@ def test_the_event_decides_the_lane_and_the_request_may_override_it(
         bulk = _notify(api_client, user)
         forced = _notify(api_client, user, priority="transactional")
 
-    assert broker.queued("email") == 2
-    assert broker.queued("email.bulk") == 1
+    assert broker.queued(EMAIL.queue) == 2
+    assert broker.queued(EMAIL.bulk_queue) == 1
     priorities = {str(pk): lane for pk, lane in Notification.objects.values_list("pk", "priority")}
     assert [priorities[n] for n in (transactional, bulk, forced)] == [
         "transactional",
@@ -70,4 +71,4 @@ def test_the_sweep_puts_a_bulk_delivery_back_on_the_bulk_lane(
     with django_capture_on_commit_callbacks(execute=True):
         assert services.sweep_stuck_deliveries() == 1
 
-    assert (broker.queued("email"), broker.queued("email.bulk")) == (0, 1)
+    assert (broker.queued(EMAIL.queue), broker.queued(EMAIL.bulk_queue)) == (0, 1)

@@ -25,6 +25,7 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from channels.lanes import INAPP
 from notifications.models import Delivery, DeliveryStatus, Notification
 from notifications.services.enqueue import enqueue_deliveries
 from preferences.models import Priority
@@ -34,7 +35,7 @@ from tests.workers import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
-LANES = "inapp,inapp.bulk"
+LANES = INAPP.worker_queues
 BACKLOG = 300
 
 
@@ -133,7 +134,7 @@ def test_a_transactional_notification_overtakes_a_bulk_backlog(
 ):
     recipient = RecipientFactory()
     backlog = _queue_bulk_backlog(api_key[0], order_shipped, recipient, BACKLOG)
-    assert broker.queued("inapp.bulk") == BACKLOG
+    assert broker.queued(INAPP.bulk_queue) == BACKLOG
 
     worker = start_lane_worker()
     # The worker is draining the backlog (no ping: by the time one answers, it may be gone).

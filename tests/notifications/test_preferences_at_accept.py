@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.conf import settings as django_settings
 
+from channels.lanes import EMAIL
 from notifications.models import Delivery, DeliveryStatus
 from tests.conftest import QUEUES
 from tests.factories import (
@@ -179,10 +180,10 @@ def test_most_specific_rule_wins(order_shipped, notify, broker, rules, email_all
 
     if email_allowed:
         assert outcome(deliveries, "email") == {"status": "queued"}
-        assert broker.queued("email") == 1
+        assert broker.queued(EMAIL.queue) == 1
     else:
         assert outcome(deliveries, "email") == skipped("opted_out")
-        assert broker.queued("email") == 0
+        assert broker.queued(EMAIL.queue) == 0
 
 
 def test_critical_category_ignores_every_opt_out(security_code, notify, broker):

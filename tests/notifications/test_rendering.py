@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from channels.lanes import INAPP
 from notifications.models import Delivery, Notification, Template
 from tests.conftest import QUEUES
 from tests.factories import EventFactory, PreferenceFactory, RecipientFactory, TemplateFactory
@@ -198,7 +199,7 @@ def test_broken_template_of_a_skipped_channel_is_not_rendered(notify, broker):
         {"channel": "email", "status": "skipped", "reason": "opted_out"},
         {"channel": "inapp", "status": "queued"},
     ]
-    assert broker.queued("inapp") == 1
+    assert broker.queued(INAPP.queue) == 1
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework_api_key.models import APIKey
 
+from channels.lanes import MAINTENANCE_QUEUE, PURGE_TASK
 from config.celery import app
 from notifications import tasks
 from notifications.models import (
@@ -203,10 +204,10 @@ def test_the_command_dry_run_deletes_nothing_and_counts(make_notification):
 
 
 def test_the_task_runs_on_the_maintenance_queue_from_beat():
-    name = "notifications.tasks.purge_expired_notifications"
+    name = PURGE_TASK
 
     assert name in app.tasks
-    assert app.amqp.router.route({}, name)["queue"].name == "maintenance"
+    assert app.amqp.router.route({}, name)["queue"].name == MAINTENANCE_QUEUE
     entries = [e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"] == name]
     assert len(entries) == 1
     assert entries[0]["schedule"] == float(settings.NOTIFY_RETENTION_INTERVAL_SECONDS)

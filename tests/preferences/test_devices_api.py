@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
+from channels.lanes import PUSH
 from preferences.models import Device
 from tests.factories import DeviceFactory, RecipientFactory
 
@@ -287,4 +288,4 @@ def test_registered_device_makes_push_reachable(
         )
 
     assert response.json()["deliveries"] == [{"channel": "push", "status": "queued"}]
-    assert broker.queued("push") == 1
+    assert broker.queued(PUSH.queue) == 1

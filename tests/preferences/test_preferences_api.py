@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from channels.lanes import EMAIL, INAPP
 from preferences.models import Preference
 from tests.factories import CategoryFactory, PreferenceFactory, RecipientFactory
 
@@ -198,5 +199,5 @@ def test_rules_put_through_the_api_apply_at_accept(
         {"channel": "email", "status": "skipped", "reason": "opted_out"},
         {"channel": "inapp", "status": "queued"},
     ]
-    assert broker.queued("email") == 0
-    assert broker.queued("inapp") == 1
+    assert broker.queued(EMAIL.queue) == 0
+    assert broker.queued(INAPP.queue) == 1
