@@ -428,6 +428,13 @@ NOTIFY_CIRCUIT_COOLDOWN_SECONDS = env.float("NOTIFY_CIRCUIT_COOLDOWN_SECONDS", d
 NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS = env.float(
     "NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS", default=60.0
 )
+# A device token rejection that can equally mean our settings are wrong (APNs BadDeviceToken:
+# sandbox vs production endpoint; DeviceTokenNotForTopic: APNS_TOPIC; FCM SENDER_ID_MISMATCH:
+# the Firebase project) retires the device, but this many in a row from one provider, with no
+# successful send in between, pause that provider as misconfigured instead: retiring is
+# irreversible, and a wrong setting would otherwise retire every device. Up to this minus one
+# devices can be retired before the pause (docs/reliability.md).
+NOTIFY_PUSH_SUSPECT_REJECTIONS = env.int("NOTIFY_PUSH_SUSPECT_REJECTIONS", default=10)
 # Where limits and circuits live: the broker's Redis when the broker is Redis.
 NOTIFY_GUARD_REDIS_URL = env.str("NOTIFY_GUARD_REDIS_URL", default="") or REDIS_URL_DEFAULT
 # After that Redis fails once, providers are called without limits or circuits for this long
