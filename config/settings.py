@@ -186,6 +186,11 @@ NOTIFY_PUSH_SENDERS = {
     "apns": env.str("NOTIFY_PUSH_APNS", default="channels.apns.APNsSender"),
     "fcm": env.str("NOTIFY_PUSH_FCM", default="channels.fcm.FCMSender"),
 }
+# Active devices one recipient may have: each is a provider call per push (the fan-out is
+# sequential), so without a cap one recipient's 1,500 devices held a push worker for a minute.
+# An app that registers a new token on every launch reaches any cap: the device registered
+# longest ago is then deactivated ("replaced: more than N devices"), not the new one refused.
+NOTIFY_MAX_DEVICES_PER_RECIPIENT = env.int("NOTIFY_MAX_DEVICES_PER_RECIPIENT", default=20)
 NOTIFY_MAX_RETRIES = env.int("NOTIFY_MAX_RETRIES", default=8)
 NOTIFY_RETRY_BACKOFF = env.int("NOTIFY_RETRY_BACKOFF", default=2)
 NOTIFY_RETRY_BACKOFF_MAX = env.int("NOTIFY_RETRY_BACKOFF_MAX", default=600)
