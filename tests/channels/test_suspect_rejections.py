@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from channels import circuit
+from channels import circuit, guard_redis
 from devtools.fakes.apns import FakeAPNs, device_token
 from devtools.fakes.fcm import FakeFCM, write_service_account
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
@@ -160,3 +160,18 @@ def test_the_probe_refused_the_same_way_pauses_again_and_retires_nothing(
     assert outcome == Outcome.DEFERRED and delivery.status == DeliveryStatus.QUEUED
     assert Device.objects.get(pk=probe.pk).active
     assert circuit.status("apns").state == circuit.State.OPEN
+
+
+def test_with_the_guard_redis_away_a_suspect_rejection_keeps_the_device(
+    apns, order_shipped, settings, request
+):
+    request.addfinalizer(guard_redis.reset)
+    settings.NOTIFY_GUARD_REDIS_RETRY_SECONDS = 60
+    settings.NOTIFY_GUARD_REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
+    suspect, dead = _apns_device("baddevicetoken"), _apns_device("unregistered")
+
+    assert _send(suspect, order_shipped)[0] == Outcome.FAILED  # nothing to count with
+    assert _send(dead, order_shipped)[0] == Outcome.FAILED
+
+    assert Device.objects.get(pk=suspect.pk).active  # cannot be told from a wrong setting
+    assert not Device.objects.get(pk=dead.pk).active  # unambiguous: retired
