@@ -61,6 +61,12 @@ TRANSIENT = {
     "ServiceUnavailable",
     "Shutdown",
 }
+# Dead-token answers that a wrong setting of ours gives for every token alike: the settings to
+# suspect (channels/guard.py pauses APNs after a run of them instead of retiring every device).
+SUSPECT = {
+    "BadDeviceToken": "APNS_ENDPOINT (sandbox or production, as the app's build)",
+    "DeviceTokenNotForTopic": "APNS_TOPIC (the app's bundle id)",
+}
 # Wrong settings on our side: retrying cannot help, someone has to fix them.
 CONFIGURATION = {
     "InvalidProviderToken": "APNS_KEY_ID, APNS_TEAM_ID and APNS_PRIVATE_KEY",
@@ -269,7 +275,13 @@ def _outcome(token: str, response: httpx.Response) -> str:
         if "timestamp" in (body := _json(response)):
             since = datetime.fromtimestamp(int(body["timestamp"]) / 1000, UTC)
             detail = f"{detail} (since {since:%Y-%m-%d %H:%M:%S}Z)"
-        raise PermanentDeliveryError(detail, dead_device_tokens=(token,), response=body, **where)
+        raise PermanentDeliveryError(
+            detail,
+            dead_device_tokens=(token,),
+            response=body,
+            suspect_settings=SUSPECT.get(reason, "") if status != 410 else "",
+            **where,
+        )
     if reason in TRANSIENT or status == 429 or status >= 500:
         raise TransientDeliveryError(
             detail, retry_after=_retry_after(response.headers.get("retry-after")), **where

@@ -139,6 +139,11 @@ class PermanentDeliveryError(DeliveryError):
     ``dead_device_tokens`` / ``dead_address`` name what must stop being used (the device is
     deactivated, the address suppressed with ``suppress_reason``); the side effect is applied
     in one place, ``notifications.services.deliveries``.
+
+    ``suspect_settings``: the token rejection could equally mean these settings of ours are
+    wrong (a sandbox endpoint answers BadDeviceToken to production tokens). The sender only
+    names them; ``channels/guard.py`` decides whether the device is retired or the provider
+    paused.
     """
 
     def __init__(
@@ -149,10 +154,12 @@ class PermanentDeliveryError(DeliveryError):
         dead_address: str | None = None,
         suppress_reason: str = "invalid",
         destinations: dict[str, DestinationOutcome] | None = None,
+        suspect_settings: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
         self.dead_device_tokens = dead_device_tokens
+        self.suspect_settings = suspect_settings
         self.dead_address = dead_address
         self.suppress_reason = suppress_reason
         self.destinations = destinations or {}

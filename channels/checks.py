@@ -122,6 +122,13 @@ def check_guard_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     for channel, threads in settings.NOTIFY_DELIVERY_BATCH_THREADS.items():
         if not isinstance(threads, int) or threads < 1:
             problems.append(f"NOTIFY_DELIVERY_BATCH_THREADS[{channel!r}]={threads!r} must be >= 1.")
+    suspect = settings.NOTIFY_PUSH_SUSPECT_REJECTIONS
+    if isinstance(suspect, bool) or not isinstance(suspect, int) or not 1 <= suspect <= 10_000:
+        # 0 would pause on no evidence; more than thousands lets a wrong setting retire that
+        # many devices before the pause.
+        problems.append(
+            f"NOTIFY_PUSH_SUSPECT_REJECTIONS={suspect!r} must be a whole number from 1 to 10000."
+        )
     redis_url = str(settings.NOTIFY_GUARD_REDIS_URL)
     problem = url_problem("NOTIFY_GUARD_REDIS_URL", redis_url, _REDIS_SCHEMES, host=False)
     if problem:

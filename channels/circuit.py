@@ -21,6 +21,13 @@ shown by /healthz. After ``NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS`` one probe go
 after an outage: its success (the settings were fixed and the workers restarted, or the
 provider's side was fixed) closes the circuit and the waiting deliveries go out by themselves.
 Redis unreachable: calls go through as if closed, rather than failing deliveries.
+
+Suspect rejections: a device token refused in a way a wrong setting of ours produces for every
+token alike (APNs BadDeviceToken from the sandbox endpoint with production tokens, FCM
+SENDER_ID_MISMATCH from the wrong project) is counted per provider (``count_suspect``); a
+successful send resets the count. ``channels/guard.py`` turns the
+``NOTIFY_PUSH_SUSPECT_REJECTIONS``-th in a row into a configuration pause. The count survives
+the pause, so a probe that is refused the same way pauses again rather than retiring a device.
 """
 
 from __future__ import annotations
@@ -99,6 +106,9 @@ class Admission:
     failing: bool = True
     # The configuration error a probe is testing ("" after an outage).
     cause: str = ""
+    # Suspect rejections were being counted when the call was let through: a successful send
+    # must reset the count.
+    suspect: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,11 @@ def _redis() -> redis.Redis:
 def _keys(provider: str) -> tuple[str, str, str, str]:
     base = f"{_PREFIX}:{provider}"
     return f"{base}:failures", f"{base}:open", f"{base}:tripped", f"{base}:probe"
+
+
+def _suspect_key(provider: str) -> str:
+    """Suspect token rejections in a row, with no successful send in between."""
+    return f"{_PREFIX}:{provider}:suspect"
 
 
 def _cause_key(provider: str) -> str:
@@ -187,15 +202,16 @@ def admit(provider: str) -> Admission:
         pipe.exists(tripped_key)
         pipe.exists(failures_key)
         pipe.get(_cause_key(provider))
-        open_ms, tripped, failing, raw_cause = pipe.execute()
+        pipe.exists(_suspect_key(provider))
+        open_ms, tripped, failing, raw_cause, suspect = pipe.execute()
         cause = raw_cause.decode(errors="replace") if raw_cause else ""
         if open_ms > 0:
             raise CircuitOpen(provider, open_ms / 1000, cause)
         if not tripped:
-            return Admission(provider, failing=bool(failing))
+            return Admission(provider, failing=bool(failing), suspect=bool(suspect))
         if client.set(probe_key, "1", nx=True, px=_probe_ttl_ms()):
             logger.warning("circuit of %s half-open: probing", provider)
-            return Admission(provider, probe=True, cause=cause)
+            return Admission(provider, probe=True, cause=cause, suspect=bool(suspect))
         probe_ms = int(client.pttl(probe_key))
         raise CircuitOpen(provider, max(1.0, probe_ms / 1000), cause)
     except redis.RedisError as exc:
@@ -203,16 +219,30 @@ def admit(provider: str) -> Admission:
         return Admission(provider)
 
 
-def record_success(admission: Admission) -> None:
-    """The provider answered (sent, or refused the message itself): the failures in a row
-    end; a successful probe closes the circuit."""
-    if not _reachable() or not (admission.probe or enabled()):
+def record_success(admission: Admission, *, sent: bool = True) -> None:
+    """The provider answered (``sent``, or refused the message or destination itself): the
+    failures in a row end; a successful probe closes the circuit. Only a send resets the
+    suspect rejections (with the breaker off too: they guard the devices, not the provider)."""
+    if not _reachable():
+        return
+    reset_suspect = [_suspect_key(admission.provider)] if sent and admission.suspect else []
+    if not (admission.probe or enabled()):
+        if reset_suspect:
+            try:
+                _redis().delete(*reset_suspect)
+            except redis.RedisError as exc:
+                guard_redis.mark_unavailable(exc)
         return
     failures_key, open_key, tripped_key, probe_key = _keys(admission.provider)
     try:
         if admission.probe:
             _redis().delete(
-                failures_key, open_key, tripped_key, probe_key, _cause_key(admission.provider)
+                failures_key,
+                open_key,
+                tripped_key,
+                probe_key,
+                _cause_key(admission.provider),
+                *reset_suspect,
             )
             if admission.cause:
                 logger.warning(
@@ -221,10 +251,27 @@ def record_success(admission: Admission) -> None:
                 )
             else:
                 logger.warning("circuit of %s closed: the probe succeeded", admission.provider)
-        elif admission.failing:
-            _redis().delete(failures_key)
+        elif admission.failing or reset_suspect:
+            _redis().delete(failures_key, *reset_suspect)
     except redis.RedisError as exc:
         guard_redis.mark_unavailable(exc)
+
+
+def count_suspect(admission: Admission) -> int | None:
+    """Count one suspect token rejection; returns how many in a row now, None when Redis is
+    away (nothing to count with). Kept a day without a new one: a safety net only."""
+    if not _reachable():
+        return None
+    key = _suspect_key(admission.provider)
+    try:
+        pipe = _redis().pipeline()
+        pipe.incr(key)
+        pipe.pexpire(key, _TRIPPED_TTL_MS)
+        count, _ = pipe.execute()
+    except redis.RedisError as exc:
+        guard_redis.mark_unavailable(exc)
+        return None
+    return int(count)
 
 
 def record_failure(admission: Admission, *, retry_after: float | None = None) -> None:
@@ -358,4 +405,4 @@ def not_closed() -> dict[str, Status]:
 
 def reset(provider: str) -> None:
     """Close the circuit and forget its failures (an operator's override; tests)."""
-    _redis().delete(*_keys(provider), _cause_key(provider))
+    _redis().delete(*_keys(provider), _cause_key(provider), _suspect_key(provider))

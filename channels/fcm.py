@@ -41,6 +41,11 @@ _RESERVED_PREFIXES = ("google", "gcm")
 _FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 _DEAD_TOKEN_CODES = {"UNREGISTERED", "SENDER_ID_MISMATCH"}
+# A dead-token answer that a wrong project gives for every token alike (channels/guard.py
+# pauses FCM after a run of them instead of retiring every device).
+_SUSPECT = {
+    "SENDER_ID_MISMATCH": "FCM_CREDENTIALS_FILE and FCM_PROJECT_ID (the app's Firebase project)"
+}
 _CONFIG_CODES = {"THIRD_PARTY_AUTH_ERROR", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 
 
@@ -252,7 +257,12 @@ def _error_for(response: Any, token: str) -> DeliveryError | ProviderConfigurati
         "response": error,
     }
     if code in _DEAD_TOKEN_CODES or _is_bad_token(code, text, details, token):
-        return PermanentDeliveryError(text, dead_device_tokens=(token,), **described)
+        return PermanentDeliveryError(
+            text,
+            dead_device_tokens=(token,),
+            suspect_settings=_SUSPECT.get(code, ""),
+            **described,
+        )
     if status == 429 or status >= 500:
         return TransientDeliveryError(text, retry_after=_retry_after(response), **described)
     if status in (401, 403) or code in _CONFIG_CODES:

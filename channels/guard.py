@@ -10,10 +10,19 @@ This is also the one place where a ``ProviderConfigurationError`` met at send ti
 it pauses the provider (``circuit.pause_for_configuration``) and becomes a ``ProviderPaused``
 (reason "misconfigured"), so the delivery waits in ``queued`` instead of being dead-lettered,
 and goes out once a probe finds the configuration fixed.
+
+And the one place where a device token rejection that a wrong setting would give for every
+token (``PermanentDeliveryError.suspect_settings``: APNs BadDeviceToken, DeviceTokenNotForTopic,
+FCM SENDER_ID_MISMATCH) is decided: the device is retired, unless it is the
+``NOTIFY_PUSH_SUSPECT_REJECTIONS``-th such rejection in a row from that provider with no
+successful send in between; then it is a configuration error (the provider pauses, that device
+stays active). Retiring a device cannot be undone, pausing can: so up to N-1 devices may be
+retired before the pause, never every device.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -32,6 +41,8 @@ from channels.base import (
 )
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 MISCONFIGURED = "misconfigured"  # ProviderPaused.reason of a configuration pause
@@ -76,9 +87,14 @@ def guarded_call(
     except TransientDeliveryError as exc:
         circuit.record_failure(admission, retry_after=exc.retry_after)
         raise
-    except PermanentDeliveryError:
+    except PermanentDeliveryError as exc:
+        if exc.suspect_settings and exc.dead_device_tokens:
+            refused = _suspect_rejection(admission, exc)
+            if refused is not None:
+                retry_after = circuit.pause_for_configuration(admission, str(refused))
+                raise configuration_paused(provider, refused, retry_after) from exc
         # The provider is up: it answered that this destination or message is refused.
-        circuit.record_success(admission)
+        circuit.record_success(admission, sent=False)
         raise
     except BaseException:
         circuit.release(admission)  # a bug says nothing of its health
@@ -89,6 +105,33 @@ def guarded_call(
     else:
         circuit.record_success(admission)
     return result
+
+
+def _suspect_rejection(
+    admission: circuit.Admission, error: PermanentDeliveryError
+) -> ProviderConfigurationError | None:
+    """A token rejection our settings could cause: counted; the configuration error it is
+    taken for once ``NOTIFY_PUSH_SUSPECT_REJECTIONS`` come in a row, else None (the device is
+    retired). With nowhere to count (guard Redis away) the device is kept: this delivery fails
+    for it, and the token is tried again next time."""
+    count = circuit.count_suspect(admission)
+    if count is None:
+        logger.warning(
+            "%s refused a device token (%s), kept active: with the guard Redis away, a wrong %s "
+            "cannot be told from a dead token",
+            admission.provider,
+            error.provider_code,
+            error.suspect_settings,
+        )
+        error.dead_device_tokens = ()
+        return None
+    threshold = int(settings.NOTIFY_PUSH_SUSPECT_REJECTIONS)
+    if count < threshold:
+        return None
+    return ProviderConfigurationError(
+        f"{count} device tokens in a row refused ({error.provider_code}) with no successful "
+        f"send in between: likely our settings, check {error.suspect_settings}; last: {error}"
+    )
 
 
 def configuration_paused(

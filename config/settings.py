@@ -188,6 +188,11 @@ NOTIFY_PUSH_SENDERS = {
     "apns": env.str("NOTIFY_PUSH_APNS", default="channels.apns.APNsSender"),
     "fcm": env.str("NOTIFY_PUSH_FCM", default="channels.fcm.FCMSender"),
 }
+# Active devices one recipient may have: each is a provider call per push (the fan-out is
+# sequential), so without a cap one recipient's 1,500 devices held a push worker for a minute.
+# An app that registers a new token on every launch reaches any cap: the device registered
+# longest ago is then deactivated ("replaced: more than N devices"), not the new one refused.
+NOTIFY_MAX_DEVICES_PER_RECIPIENT = env.int("NOTIFY_MAX_DEVICES_PER_RECIPIENT", default=20)
 NOTIFY_MAX_RETRIES = env.int("NOTIFY_MAX_RETRIES", default=8)
 NOTIFY_RETRY_BACKOFF = env.int("NOTIFY_RETRY_BACKOFF", default=2)
 NOTIFY_RETRY_BACKOFF_MAX = env.int("NOTIFY_RETRY_BACKOFF_MAX", default=600)
@@ -416,6 +421,13 @@ NOTIFY_CIRCUIT_COOLDOWN_SECONDS = env.float("NOTIFY_CIRCUIT_COOLDOWN_SECONDS", d
 NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS = env.float(
     "NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS", default=60.0
 )
+# A device token rejection that can equally mean our settings are wrong (APNs BadDeviceToken:
+# sandbox vs production endpoint; DeviceTokenNotForTopic: APNS_TOPIC; FCM SENDER_ID_MISMATCH:
+# the Firebase project) retires the device, but this many in a row from one provider, with no
+# successful send in between, pause that provider as misconfigured instead: retiring is
+# irreversible, and a wrong setting would otherwise retire every device. Up to this minus one
+# devices can be retired before the pause (docs/reliability.md).
+NOTIFY_PUSH_SUSPECT_REJECTIONS = env.int("NOTIFY_PUSH_SUSPECT_REJECTIONS", default=10)
 # Where limits and circuits live: the broker's Redis when the broker is Redis.
 NOTIFY_GUARD_REDIS_URL = env.str("NOTIFY_GUARD_REDIS_URL", default="") or REDIS_URL_DEFAULT
 # After that Redis fails once, providers are called without limits or circuits for this long

@@ -19,6 +19,7 @@ _NUMBERS: tuple[tuple[str, float, bool], ...] = (
     ("NOTIFY_MAX_BODY_BYTES", 1024, True),
     ("NOTIFY_FANOUT_MAX_BODY_BYTES", 1024, True),
     ("NOTIFY_MAX_RETRIES", 0, True),
+    ("NOTIFY_MAX_DEVICES_PER_RECIPIENT", 1, True),
     ("NOTIFY_RETRY_BACKOFF", 1, True),
     ("NOTIFY_RETRY_BACKOFF_MAX", 1, True),
     ("NOTIFY_LEASE_SECONDS", 1, True),

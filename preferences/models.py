@@ -45,6 +45,9 @@ class Device(models.Model):
             models.Index(
                 fields=["recipient"], condition=Q(active=True), name="device_active_by_recipient"
             ),
+            # GET …/devices pages a recipient's devices by id (inactive ones are kept, so
+            # there can be many): each page a range scan, not a sort of all of them.
+            models.Index(fields=["recipient", "id"], name="device_by_recipient_id"),
         ]
 
     def __str__(self) -> str:

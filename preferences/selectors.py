@@ -84,6 +84,11 @@ def _resolve(
     return True
 
 
+def recipient_devices(*, recipient: Recipient) -> QuerySet[Device]:
+    """All of the recipient's devices, active or not (the API pages them by id)."""
+    return Device.objects.filter(recipient=recipient).order_by("id")
+
+
 def active_device_tokens(
     *, recipient_id: int, platforms: Iterable[str] | None = None
 ) -> list[tuple[str, str]]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models.expressions import RawSQL
+from django.utils import timezone
 
 from preferences import selectors, tokens
 from preferences.models import (
@@ -76,21 +78,49 @@ def device_register(*, recipient: Recipient, platform: str, token: str) -> Devic
 
     ``token`` must be one of ``platform``'s (preferences.tokens; a Django ValidationError
     otherwise) and is stored in that platform's form (APNs: lower case).
+
+    A recipient keeps at most ``NOTIFY_MAX_DEVICES_PER_RECIPIENT`` active devices: the ones
+    registered longest ago beyond it are deactivated (``_retire_beyond_cap``).
     """
     token = tokens.device_token(platform, token)
+    # One registration per recipient at a time, or two at once could both find room under the cap.
+    list(Recipient.objects.select_for_update().filter(pk=recipient.pk).values_list("pk"))
     device = Device.objects.select_for_update().filter(platform=platform, token=token).first()
+    created = False
     if device is None:
         device, created = Device.objects.get_or_create(
             platform=platform, token=token, defaults={"recipient": recipient}
         )
-        if created:
-            return DeviceRegistration(device=device, created=True)
-    device.recipient = recipient
-    device.active = True
-    device.deactivated_at = None
-    device.deactivation_reason = ""
-    device.save()
-    return DeviceRegistration(device=device, created=False)
+    if not created:
+        device.recipient = recipient
+        device.active = True
+        device.deactivated_at = None
+        device.deactivation_reason = ""
+        device.save()  # updated_at: registered now, the newest
+    _retire_beyond_cap(recipient=recipient, keep=device)
+    return DeviceRegistration(device=device, created=created)
+
+
+def _retire_beyond_cap(*, recipient: Recipient, keep: Device) -> int:
+    """Deactivate the recipient's active devices beyond the cap, those registered (or
+    re-registered) longest ago first, never ``keep`` (the one just registered). Kept as
+    inactive rows with the reason, like a dead token's, so the API shows what happened."""
+    cap = int(settings.NOTIFY_MAX_DEVICES_PER_RECIPIENT)
+    beyond = list(
+        Device.objects.filter(recipient=recipient, active=True)
+        .exclude(pk=keep.pk)
+        .order_by("-updated_at", "-id")
+        .values_list("pk", flat=True)[max(cap - 1, 0) :]
+    )
+    if not beyond:
+        return 0
+    now = timezone.now()
+    return Device.objects.filter(pk__in=beyond).update(
+        active=False,
+        deactivated_at=now,
+        deactivation_reason=f"replaced: more than {cap} devices",
+        updated_at=now,
+    )
 
 
 def device_remove(*, recipient: Recipient, device_id: int) -> bool:

@@ -63,14 +63,30 @@ class RecipientView(StrictRequestMixin, APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class DeviceListView(StrictRequestMixin, APIView):
+class DevicesById(StrictCursorPagination):
+    # Inactive devices are kept (dead tokens, devices replaced beyond the cap), so a recipient
+    # can have any number: pages, not a silent cut. (recipient, id) is an index: each page is a
+    # range scan.
+    ordering = ("id",)
+    page_size = 100
+    page_size_query_param = "pageSize"
+    max_page_size = 500
+
+
+@extend_schema_view(get=extend_schema(summary="List a recipient's devices"))
+class DeviceListView(StrictRequestMixin, ListAPIView):  # type: ignore[type-arg]
+    """A recipient's push devices. The list has them all, active and deactivated (with the
+    reason), oldest first, in pages. At most ``NOTIFY_MAX_DEVICES_PER_RECIPIENT`` are active: a
+    registration beyond it deactivates the device registered longest ago ("replaced: more than
+    N devices")."""
+
     required_scope = ApiScope.RECIPIENTS
 
-    @extend_schema(responses={200: DeviceSerializer(many=True), 404: ERROR_RESPONSE})
-    def get(self, request: Request, user_id: str) -> Response:
-        recipient = _recipient_or_404(user_id)
-        devices = recipient.devices.order_by("id")[:1000]
-        return Response(DeviceSerializer(devices, many=True).data)
+    serializer_class = DeviceSerializer
+    pagination_class = DevicesById
+
+    def get_queryset(self) -> Any:
+        return selectors.recipient_devices(recipient=_recipient_or_404(self.kwargs["user_id"]))
 
     @extend_schema(
         request={"application/json": DEVICE_REGISTRATION_SCHEMA},

@@ -38,6 +38,7 @@ def test_the_defaults_pass():
         ("NOTIFY_API_RATE_LIMIT_TIMEOUT_SECONDS", 0.0, "must be more than 0"),
         ("NOTIFY_MAX_BODY_BYTES", 10, "NOTIFY_MAX_BODY_BYTES=10 must be at least 1024"),
         ("NOTIFY_MAX_RETRIES", -1, "NOTIFY_MAX_RETRIES=-1"),
+        ("NOTIFY_MAX_DEVICES_PER_RECIPIENT", 0, "NOTIFY_MAX_DEVICES_PER_RECIPIENT=0 must be"),
         ("NOTIFY_RETRY_BACKOFF", 0, "NOTIFY_RETRY_BACKOFF=0"),
         ("NOTIFY_RETRY_BACKOFF_MAX", 0, "NOTIFY_RETRY_BACKOFF_MAX=0"),
         ("NOTIFY_LEASE_SECONDS", 10, "NOTIFY_LEASE_SECONDS=10 must exceed the longest"),

@@ -77,8 +77,9 @@ def test_a_token_moves_to_its_newest_owner(api_client, ana, bob):
     assert response.json()["id"] == device.pk
     device.refresh_from_db()
     assert device.recipient == ana
-    assert api_client.get("/api/recipients/bob/devices").json() == []
-    assert [d["id"] for d in api_client.get("/api/recipients/ana/devices").json()] == [device.pk]
+    assert api_client.get("/api/recipients/bob/devices").json()["results"] == []
+    listed = api_client.get("/api/recipients/ana/devices").json()["results"]
+    assert [d["id"] for d in listed] == [device.pk]
 
 
 def test_registering_an_inactive_token_reactivates_it(api_client, ana):
@@ -110,10 +111,80 @@ def test_list_devices(api_client, ana, bob):
     response = api_client.get("/api/recipients/ana/devices")
 
     assert response.status_code == 200
-    assert [(d["id"], d["active"]) for d in response.json()] == [
+    assert [(d["id"], d["active"]) for d in response.json()["results"]] == [
         (mine[0].pk, True),
         (mine[1].pk, False),
     ]
+    assert response.json()["next"] is None
+
+
+def _all_pages(client, url):
+    """Every device the list shows, following its ``next`` links."""
+    seen, pages = [], 0
+    while url:
+        response = client.get(url)
+        assert response.status_code == 200, response.content
+        seen.extend(response.json()["results"])
+        url, pages = response.json()["next"], pages + 1
+    return seen, pages
+
+
+def test_the_list_pages_through_every_device_instead_of_cutting_it(api_client, ana, settings):
+    # Inactive devices are kept (dead tokens, replaced ones): a recipient can have any number.
+    devices = DeviceFactory.create_batch(1_050, recipient=ana, active=False)
+
+    seen, pages = _all_pages(api_client, "/api/recipients/ana/devices?pageSize=500")
+
+    assert [d["id"] for d in seen] == [d.pk for d in devices]  # each once, in order
+    assert pages == 3
+
+
+def test_a_forged_device_cursor_is_a_400(api_client, ana):
+    response = api_client.get("/api/recipients/ana/devices?cursor=!!!!")
+    assert_error(response, 400, "validation_error")
+
+
+def test_the_newest_registration_replaces_the_oldest_device_beyond_the_cap(
+    api_client, ana, settings
+):
+    settings.NOTIFY_MAX_DEVICES_PER_RECIPIENT = 3
+    for n in range(3):
+        assert register(api_client, "ana", token=f"tok-{n}").status_code == 201
+    register(api_client, "ana", token="tok-0")  # re-registered: now the newest
+
+    fourth = register(api_client, "ana", token="tok-3")
+
+    assert fourth.status_code == 201
+    listed = {
+        d["token"]: d for d in api_client.get("/api/recipients/ana/devices").json()["results"]
+    }
+    assert [t for t, d in listed.items() if d["active"]] == ["tok-0", "tok-2", "tok-3"]
+    replaced = listed["tok-1"]
+    assert replaced["deactivationReason"] == "replaced: more than 3 devices"
+    assert replaced["deactivatedAt"] is not None
+    assert ana.devices.filter(active=True).count() == 3
+
+
+def test_an_app_registering_on_every_launch_keeps_the_cap(api_client, ana, settings):
+    settings.NOTIFY_MAX_DEVICES_PER_RECIPIENT = 20
+
+    answers = [register(api_client, "ana", token=f"launch-{n}").status_code for n in range(60)]
+
+    assert set(answers) == {201}
+    active = ana.devices.filter(active=True).order_by("id")
+    assert [d.token for d in active] == [f"launch-{n}" for n in range(40, 60)]
+    assert ana.devices.filter(active=False).count() == 40
+
+
+def test_a_replaced_device_registered_again_is_active_again(api_client, ana, settings):
+    settings.NOTIFY_MAX_DEVICES_PER_RECIPIENT = 1
+    register(api_client, "ana", token="old")
+    register(api_client, "ana", token="new")
+
+    again = register(api_client, "ana", token="old")
+
+    assert again.status_code == 200 and again.json()["active"] is True
+    assert [d.token for d in ana.devices.filter(active=True)] == ["old"]
 
 
 @pytest.mark.parametrize(
