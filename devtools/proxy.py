@@ -12,12 +12,14 @@ import http.client
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.supervisor import ROOT, RunError, Supervisor
@@ -27,6 +29,24 @@ GUNICORN_CONFIG = ROOT / "config" / "gunicorn.conf.py"
 # Over the largest body the service takes, so that Django's own 413 (JSON, naming the limit)
 # answers bodies just over it, and nginx's only the ones far over it.
 BODY_MARGIN = 64 * 1024
+# Requests in progress per client address (limit_conn in the template; docs/proxy.md).
+CONN_PER_ADDRESS = 256
+# Per worker process (worker_processes auto: one per core). A proxied request takes two
+# descriptors (client and gunicorn), hence the descriptor limit of twice as many; as a normal
+# user, nginx can raise its limit only up to the hard limit (`ulimit -Hn`), so both are capped
+# there. config/nginx.main.conf (docker-compose.yml) has the same numbers.
+WORKER_CONNECTIONS = 16384
+
+
+@dataclass(frozen=True)
+class Limits:
+    """nginx's connection limits; the tests use smaller ones, to exhaust them cheaply."""
+
+    conn_per_address: int = CONN_PER_ADDRESS
+    worker_connections: int = WORKER_CONNECTIONS
+    worker_processes: str = "auto"
+
+
 _NAME = re.compile(r"\$\{(PROXY_[A-Z_]+)\}")
 # sockaddr_un.sun_path is 108 bytes, NUL included.
 _MAX_SOCKET_PATH = 107
@@ -48,12 +68,15 @@ def max_body_size() -> int:
     return max(settings.NOTIFY_MAX_BODY_BYTES, settings.NOTIFY_FANOUT_MAX_BODY_BYTES) + BODY_MARGIN
 
 
-def render(*, listen: str, upstream: str, max_body: int) -> str:
+def render(
+    *, listen: str, upstream: str, max_body: int, conn_per_address: int = CONN_PER_ADDRESS
+) -> str:
     """The template with its ${PROXY_...} names filled in, as the nginx image's envsubst does."""
     values = {
         "PROXY_LISTEN": listen,
         "PROXY_UPSTREAM": upstream,
         "PROXY_MAX_BODY_SIZE": str(max_body),
+        "PROXY_CONN_PER_ADDRESS": str(conn_per_address),
     }
     text = TEMPLATE.read_text()
     unknown = set(_NAME.findall(text)) - set(values)
@@ -62,12 +85,34 @@ def render(*, listen: str, upstream: str, max_body: int) -> str:
     return _NAME.sub(lambda match: values[match.group(1)], text)
 
 
-def write_config(run_dir: Path, *, listen: str, upstream: str, max_body: int) -> Path:
+def _worker_limits(connections: int) -> tuple[int, int]:
+    """(worker_connections, worker_rlimit_nofile) for ``connections``, within the hard limit."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 2 * connections if hard == resource.RLIM_INFINITY else min(2 * connections, hard)
+    return min(connections, nofile // 2), nofile
+
+
+def write_config(
+    run_dir: Path,
+    *,
+    listen: str,
+    upstream: str,
+    max_body: int,
+    limits: Limits = Limits(),
+) -> Path:
     """nginx.conf under ``run_dir/nginx``: the rendered template in an ``http`` block."""
     prefix = run_dir / "nginx"
     prefix.mkdir(parents=True, exist_ok=True)
     server = prefix / "server.conf"
-    server.write_text(render(listen=listen, upstream=upstream, max_body=max_body))
+    server.write_text(
+        render(
+            listen=listen,
+            upstream=upstream,
+            max_body=max_body,
+            conn_per_address=limits.conn_per_address,
+        )
+    )
+    connections, nofile = _worker_limits(limits.worker_connections)
     temp = "\n".join(
         f"    {kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi",
                                                               "uwsgi", "scgi")
@@ -79,11 +124,12 @@ def write_config(run_dir: Path, *, listen: str, upstream: str, max_body: int) ->
     main.write_text(
         f"""# Written by devtools/proxy.py for one `make run`; the server is {TEMPLATE.name}.
 {user}daemon off;
-worker_processes 1;
+worker_processes {limits.worker_processes};
+worker_rlimit_nofile {nofile};
 pid {prefix / "nginx.pid"};
 error_log stderr warn;
 events {{
-    worker_connections 4096;
+    worker_connections {connections};
 }}
 http {{
     access_log off;
@@ -113,11 +159,17 @@ def socket_path(run_dir: Path) -> Path:
     return path
 
 
-def start(sup: Supervisor, run_dir: Path, api_port: int, *, workers: int = 2) -> None:
+def start(
+    sup: Supervisor, run_dir: Path, api_port: int, *, workers: int = 2, limits: Limits = Limits()
+) -> None:
     """gunicorn on ``run_dir/api.sock`` and nginx on 127.0.0.1:``api_port`` in front of it."""
     sock = socket_path(run_dir)
     config = write_config(
-        run_dir, listen=f"127.0.0.1:{api_port}", upstream=f"unix:{sock}", max_body=max_body_size()
+        run_dir,
+        listen=f"127.0.0.1:{api_port}",
+        upstream=f"unix:{sock}",
+        max_body=max_body_size(),
+        limits=limits,
     )
     # Only nginx reaches the socket, and it sets X-Forwarded-Proto itself.
     sup.start(
@@ -129,13 +181,19 @@ def start(sup: Supervisor, run_dir: Path, api_port: int, *, workers: int = 2) ->
 
 @contextmanager
 def served(
-    env: dict[str, str], run_dir: Path, api_port: int, *, workers: int = 2, timeout: float = 60.0
+    env: dict[str, str],
+    run_dir: Path,
+    api_port: int,
+    *,
+    workers: int = 2,
+    timeout: float = 60.0,
+    limits: Limits = Limits(),
 ) -> Iterator[Supervisor]:
     """nginx and gunicorn as `make run` starts them, until /healthz answers 200 through nginx;
     stopped on exit. For the tests and the benchmarks."""
     sup = Supervisor(env, grace=10.0)
     try:
-        start(sup, run_dir, api_port, workers=workers)
+        start(sup, run_dir, api_port, workers=workers, limits=limits)
         deadline = time.monotonic() + timeout
         while _healthz(api_port) != 200:
             sup.check_alive()

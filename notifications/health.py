@@ -6,12 +6,16 @@ import redis
 from celery import current_app
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from channels import circuit
+from notifications.api.errors import error_body
 
 logger = logging.getLogger(__name__)
 
 
+# Exempt so that a POST gets the 405 below, not CSRF's HTML 403 page: the view writes nothing.
+@csrf_exempt
 def healthz(request: HttpRequest) -> JsonResponse:
     """200 when both the database and the broker answer, 503 (naming which failed) otherwise.
 
@@ -20,7 +24,15 @@ def healthz(request: HttpRequest) -> JsonResponse:
     provider leaves the answer 200 with status "degraded": this process can still accept and
     queue, and a 503 would only make an orchestrator restart or unroute the API, which fixes
     no provider setting and would stop accepting notifications.
+
+    Anything but GET and HEAD is a 405 in the API's error shape.
     """
+    if request.method not in ("GET", "HEAD"):
+        response = JsonResponse(
+            error_body("method_not_allowed", "Only GET and HEAD are allowed."), status=405
+        )
+        response["Allow"] = "GET, HEAD"
+        return response
     checks = {"database": _database_ok(), "broker": _broker_ok()}
     healthy = all(checks.values())
     providers = _providers()

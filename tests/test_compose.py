@@ -24,14 +24,26 @@ def test_the_proxy_publishes_the_api_port_with_the_repository_template() -> None
     proxy_service = services["proxy"]
     assert proxy_service["image"].startswith("nginx:")
     assert proxy_service["ports"] == ["127.0.0.1:8000:8000"]
-    (mount,) = proxy_service["volumes"]
-    source, target, _ = mount.split(":")
-    assert (ROOT / source).resolve() == proxy.TEMPLATE
-    assert target.startswith("/etc/nginx/templates/") and target.endswith(".template")
+    template, main = (mount.split(":") for mount in proxy_service["volumes"])
+    assert (ROOT / template[0]).resolve() == proxy.TEMPLATE
+    assert template[1].startswith("/etc/nginx/templates/") and template[1].endswith(".template")
+    assert (ROOT / main[0]).resolve() == ROOT / "config" / "nginx.main.conf"
+    assert main[1] == "/etc/nginx/nginx.conf"
+    # The worker settings are the ones `make run` uses.
+    main_conf = (ROOT / main[0]).read_text()
+    assert f"worker_connections {proxy.WORKER_CONNECTIONS};" in main_conf
+    assert f"worker_rlimit_nofile {2 * proxy.WORKER_CONNECTIONS};" in main_conf
+    assert "worker_processes auto;" in main_conf
     # Every name the template uses is set, as devtools/proxy.py sets them for `make run`.
     used = set(proxy._NAME.findall(proxy.TEMPLATE.read_text()))
-    assert used == {"PROXY_LISTEN", "PROXY_UPSTREAM", "PROXY_MAX_BODY_SIZE"}
+    assert used == {
+        "PROXY_LISTEN",
+        "PROXY_UPSTREAM",
+        "PROXY_MAX_BODY_SIZE",
+        "PROXY_CONN_PER_ADDRESS",
+    }
     assert used <= set(proxy_service["environment"])
+    assert proxy_service["environment"]["PROXY_CONN_PER_ADDRESS"] == str(proxy.CONN_PER_ADDRESS)
     assert proxy_service["depends_on"]["api"]["condition"] == "service_healthy"
     assert "healthcheck" in proxy_service
 

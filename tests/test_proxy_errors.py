@@ -1,8 +1,9 @@
 """Every answer of the service is JSON in the API's error shape, also the ones Django never
 sees (issue 11, defect 7): a 10 kB header, a long URL, a body over the limit, a malformed
-request line, a header gunicorn refuses, and gunicorn itself gone (a stalled body gets no
-answer at all, and no longer holds a worker). They used to be gunicorn's HTML pages.
-Django's own JSON errors pass through nginx untouched."""
+request line, an HTTP version nginx does not speak, a header gunicorn refuses, and gunicorn
+itself gone (a stalled body gets no answer at all, and no longer holds a worker). They used
+to be gunicorn's (or nginx's) HTML pages. Django's own JSON errors pass through nginx
+untouched."""
 
 from __future__ import annotations
 
@@ -89,6 +90,21 @@ def test_a_malformed_request_line_is_a_json_400(proxied_api: ProxiedAPI) -> None
     status, headers, body = _exchange(proxied_api.port, b"garbage\r\n\r\n")
     assert status == 400
     assert _error(status, headers, body)["code"] == "bad_request"
+
+
+def test_an_unsupported_http_version_is_a_json_505(proxied_api: ProxiedAPI) -> None:
+    # HTTP/2.0 in a plain request line: it used to be nginx's HTML page.
+    raw = b"GET /healthz HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n"
+    status, headers, body = _exchange(proxied_api.port, raw)
+    assert status == 505
+    assert _error(status, headers, body)["code"] == "http_version_not_supported"
+
+
+def test_healthz_refuses_a_post_with_a_json_405_through_the_proxy(proxied_api: ProxiedAPI) -> None:
+    extra = "Content-Length: 0\r\n"
+    status, headers, body = _exchange(proxied_api.port, _request("/healthz", extra, "POST"))
+    assert status == 405
+    assert _error(status, headers, body)["code"] == "method_not_allowed"
 
 
 def test_django_json_errors_pass_through_untouched(proxied_api: ProxiedAPI) -> None:

@@ -283,3 +283,13 @@ def test_receipts_only_match_their_own_provider(sent):
 
     sent.refresh_from_db()
     assert sent.status == DeliveryStatus.SENT
+
+
+def test_the_url_without_its_trailing_slash_is_the_same_webhook(sent):
+    # It used to be APPEND_SLASH's 301 (text/html): the ESP's POST, and its event, were lost.
+    response = Client().post(
+        URL.rstrip("/"), data=json.dumps(DELIVERY), content_type="application/json", **_auth()
+    )
+    assert response.status_code == 200
+    sent.refresh_from_db()
+    assert sent.status == DeliveryStatus.DELIVERED

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.test import Client
 
 from config.celery import app
 from tests.workers import dead_broker_url
@@ -44,3 +45,16 @@ def test_unknown_api_path_is_a_json_404(api_client):
     response = api_client.get("/api/no-such-thing")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("method", ["post", "put", "delete", "patch"])
+def test_healthz_answers_other_methods_with_a_json_405(method):
+    # With CSRF enforced as for a real client: it used to be CSRF's HTML 403 page.
+    response = getattr(Client(enforce_csrf_checks=True), method)("/healthz")
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, HEAD"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_healthz_answers_head(client):
+    assert client.head("/healthz").status_code == 200
