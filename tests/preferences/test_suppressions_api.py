@@ -67,3 +67,31 @@ def test_suppressed_destinations_are_skipped_at_accept(api_client, order_shipped
     # SMS has no provider by default, which is reported before the suppression.
     assert reasons == {"email": "suppressed", "sms": "channel_not_configured"}
     assert Delivery.objects.get(channel="email").reason == "suppressed"
+
+
+@pytest.mark.parametrize(
+    ("email", "suppressed"),
+    [
+        ("e6@exämple.com", "e6@xn--exmple-cua.com"),  # what a bounce for the mail names
+        ("e6@xn--exmple-cua.com", "E6@EXÄMPLE.com"),
+        ("e6@EXÄMPLE.com", "e6@exämple.com"),
+    ],
+)
+def test_an_idn_address_is_suppressed_in_either_form(api_client, order_shipped, email, suppressed):
+    # One canonical form (the domain's IDNA ASCII, lower-cased) when stored and when compared:
+    # the Unicode form and the punycode one were two addresses, and the mail still went.
+    assert api_client.put("/api/recipients/e6", {"email": email}, format="json").status_code == 201
+    created = api_client.post(
+        "/api/suppressions", {"channel": "email", "address": suppressed}, format="json"
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["address"] == "e6@xn--exmple-cua.com"
+
+    response = api_client.post(
+        "/api/notify",
+        {"userId": "e6", "event": "order_shipped", "channels": ["email"]},
+        format="json",
+    )
+
+    assert response.status_code == 202, response.content
+    assert [d.get("reason") for d in response.json()["deliveries"]] == ["suppressed"]
