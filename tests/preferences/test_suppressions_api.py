@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import importlib
+
 import pytest
+from django.apps import apps
 
 from notifications.models import Delivery
 from preferences.models import Suppression
@@ -95,3 +98,20 @@ def test_an_idn_address_is_suppressed_in_either_form(api_client, order_shipped, 
 
     assert response.status_code == 202, response.content
     assert [d.get("reason") for d in response.json()["deliveries"]] == ["suppressed"]
+
+
+def test_the_migration_canonicalises_addresses_stored_before(order_shipped):
+    migration = importlib.import_module("preferences.migrations.0004_canonical_email_addresses")
+    recipient = RecipientFactory(email="e6@exämple.com")
+    Suppression.objects.create(channel="email", address="f6@exämple.com", reason="manual")
+    Suppression.objects.create(channel="email", address="g6@exämple.com", reason="manual")
+    Suppression.objects.create(channel="email", address="g6@xn--exmple-cua.com", reason="manual")
+
+    migration.forwards(apps, None)
+
+    recipient.refresh_from_db()
+    assert recipient.email == "e6@xn--exmple-cua.com"
+    assert sorted(Suppression.objects.values_list("address", flat=True)) == [
+        "f6@xn--exmple-cua.com",
+        "g6@xn--exmple-cua.com",
+    ]
