@@ -107,11 +107,8 @@ class EmailProvider:
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             # Disconnects, refused connections and timeouts: the server may be back soon.
             raise TransientDeliveryError(f"{type(exc).__name__}: {exc}", provider=provider) from exc
-        anymail_status = getattr(email, "anymail_status", None)
-        esp_id = getattr(anymail_status, "message_id", None)
-        return ProviderResult(
-            provider=provider, message_id=str(esp_id) if esp_id else msgid.strip("<>")
-        )
+        esp_id = _esp_message_id(getattr(email, "anymail_status", None))
+        return ProviderResult(provider=provider, message_id=esp_id or msgid.strip("<>"))
 
     def batch_groups(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
         """Same content to distinct addresses shares one ESP call (channels/email_batch.py)."""
@@ -343,6 +340,17 @@ def _raise_for_smtp_code(
         dead_address=address,
         suppress_reason="hard_bounce",
     ) from exc
+
+
+def _esp_message_id(status: Any) -> str | None:
+    """The ESP's id for our one-recipient message. anymail's ``message_id`` is a set when its
+    recipients' answers differ (an address it parsed into two, one without an id): stored as
+    text, "{None, '88cf...'}" matched no receipt ever, so the delivery stayed ``sent``."""
+    value = getattr(status, "message_id", None)
+    if isinstance(value, set | frozenset | list | tuple):
+        ids = sorted(str(item) for item in value if item)
+        return ids[0] if len(ids) == 1 else None
+    return str(value) if value else None
 
 
 def _message_id_domain() -> str:

@@ -8,6 +8,7 @@ from phonenumber_field.modelfields import PhoneNumberField
 
 from channels.base import Channel
 from preferences import tokens
+from preferences.addresses import canonical_email
 
 
 class Recipient(models.Model):
@@ -186,4 +187,14 @@ class Suppression(models.Model):
 
 
 def normalize_address(channel: str, address: str) -> str:
-    return address.strip().lower() if channel == Channel.EMAIL else address.strip()
+    """A suppression's address as stored and compared: an email in canonical form (its domain
+    in IDNA ASCII, see preferences.addresses) and lower-case, as the send-time SQL compares
+    ``lower(recipient.email)`` with it; a phone as E.164."""
+    address = address.strip()
+    if channel != Channel.EMAIL:
+        return address
+    try:
+        address = canonical_email(address)
+    except ValueError:
+        pass  # a bounce for a domain with no IDNA form: stored as reported, it matches nothing
+    return address.lower()

@@ -14,7 +14,6 @@ with its reason, and tested in tests/test_hostile_input.py instead.
 
 from __future__ import annotations
 
-import base64
 import copy
 import random
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 from channels.base import Channel
 from config.wsgi import application
+from notifications.api.pagination import signed_cursor
 from preferences.models import Event, Topic, TopicSubscription
 from tests.factories import (
     DeliveryFactory,
@@ -144,7 +144,7 @@ VALID_PHONES = ["+14155550100", "+351912345678", "+44 20 7946 0958", "+1 (415) 5
 schemathesis.openapi.format("phone", st.sampled_from(VALID_PHONES))
 
 # Cursors as encode_cursor writes them: offset, direction; positions are per list.
-VALID_CURSORS = [base64.b64encode(token.encode()).decode() for token in ("o=1", "r=1&o=1", "o=2")]
+VALID_CURSORS = [signed_cursor(tokens) for tokens in ("o=1", "o=1&r=1", "o=2")]
 
 
 # Which valid cases are aimed at the seeded rows: a fixed sequence, not a Hypothesis draw, since

@@ -8,9 +8,11 @@ client on the real PostgreSQL test database), so it is fast; the layers in front
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from django.test import Client
@@ -75,6 +77,24 @@ BODIES = [
     ("PUT", "/api/recipients/u-1", {"timezone": "0" * 63}, "timezone"),
     ("PUT", "/api/recipients/u-1", {"timezone": "Europe/Lisbon "}, "timezone"),
     ("PUT", "/api/recipients/u-1", {"email": " ana@example.com"}, "email"),
+    # email: no invisible characters (the ESP would get another address than the one stored
+    # and suppressed), no domain literal (mail to an IP address of the caller's choice)
+    *[
+        ("PUT", "/api/recipients/u-1", {"email": v}, "email")
+        for v in (
+            "e3@example.com\u200b",
+            "e3\ufeff@example.com",
+            "e3@exa\u2028mple.com",
+            "e3@example.com\u2029",
+            "e3@exam\u202eple.com",
+            "e2@[127.0.0.1]",
+            "e2@[IPv6:::1]",
+            "\u017f@example.com",  # long s: Django's validator takes it as "s", ignoring case
+        )
+    ],
+    # timezone: a zone, not the host's "localtime" nor the placeholder "Factory"
+    ("PUT", "/api/recipients/u-1", {"timezone": "localtime"}, "timezone"),
+    ("PUT", "/api/recipients/u-1", {"timezone": "Factory"}, "timezone"),
     # booleans: JSON true or false only
     *[
         ("PUT", "/api/recipients/u-1/preferences", {"preferences": [{"enabled": v}]}, "preferences")
@@ -89,6 +109,11 @@ BODIES = [
     *[
         ("POST", "/api/notify", {**NOTIFY, "userId": v}, "userId")
         for v in ("u 1", "u/1", "a%FFb", "u\x00", "u\x7f", "u\u2028", "", LONG_ID, 42, True, None)
+    ],
+    # nor format characters, invisible: "u-1\u200b" would look like u-1
+    *[
+        ("POST", "/api/notify", {**NOTIFY, "userId": v}, "userId")
+        for v in ("u-1\u200b", "\ufeffu-1", "u\u00ad1", "u\u2060", "u-1\U000e0001")
     ],
     # event: a slug
     *[
@@ -124,6 +149,10 @@ BODIES = [
     ("PUT", "/api/topics/news", {"name": "News\x1b[31m"}, "name"),
     ("POST", "/api/suppressions", {"channel": "sms", "address": "+1415CALLNOW"}, "address"),
     ("POST", "/api/suppressions", {"channel": "email", "address": "x"}, "address"),
+    *[
+        ("POST", "/api/suppressions", {"channel": "email", "address": v}, "address")
+        for v in ("e3@example.com\u200b", "e3@exa\u2028mple.com", "e2@[127.0.0.1]")
+    ],
     ("POST", "/api/suppressions", {"channel": 1, "address": "a@example.com"}, "channel"),
 ]
 
@@ -147,8 +176,23 @@ def test_a_hostile_body_is_refused_and_writes_nothing(raw, method, path, body, f
         b'{"userId": "u-1", "userId": "u-2"',
         b"\xff\xfe{}",
         b"",
+        # A repeated key: the last won, where a proxy or a log reader may take the first.
+        b'{"userId": "u-1", "userId": "u-2", "event": "order_shipped"}',
+        b'{"userId": "u-1", "event": "order_shipped", "data": {"k": 1, "k": 2}}',
     ],
-    ids=["surrogate", "surrogate-id", "deep", "huge-float", "nan", "stack", "cut", "bom", "empty"],
+    ids=[
+        "surrogate",
+        "surrogate-id",
+        "deep",
+        "huge-float",
+        "nan",
+        "stack",
+        "cut",
+        "bom",
+        "empty",
+        "duplicate-key",
+        "duplicate-nested-key",
+    ],
 )
 def test_malformed_json_is_refused_and_writes_nothing(raw, body):
     before = counts()
@@ -177,6 +221,8 @@ HEADERS = [
     ({"HTTP_IDEMPOTENCY_KEY": ""}, 400),
     ({"HTTP_IDEMPOTENCY_KEY": "k" * 256}, 400),
     ({"HTTP_IDEMPOTENCY_KEY": "k\x01"}, 400),
+    # "ké" sent as UTF-8 reaches Django as latin-1 ("kÃ©"): not the body's "ké"
+    ({"HTTP_IDEMPOTENCY_KEY": "ké".encode().decode("latin-1")}, 400),
 ]
 
 
@@ -224,6 +270,10 @@ def test_hostile_paths_are_refused_and_write_nothing(raw, method, path, status, 
     assert counts() == before
 
 
+def b64(tokens: str) -> str:
+    return quote(base64.b64encode(tokens.encode()).decode())
+
+
 # (path, query string, field)
 QUERIES = [
     ("/api/notifications", "status=sent&status=failed", "status"),
@@ -243,6 +293,9 @@ QUERIES = [
     ("/api/notifications", "userId=", "userId"),
     ("/api/notifications", "userId=a%00b", "userId"),
     ("/api/notifications", "userId=a%2Fb", "userId"),
+    ("/api/notifications", "userId=%ED%A0%80", "userId"),  # invalid UTF-8 (a surrogate)
+    ("/api/notifications", "userId=%C0%80", "userId"),  # invalid UTF-8 (an overlong NUL)
+    ("/api/notifications", "userId=%E2%80%8B", "userId"),  # U+200B
     ("/api/notifications", "event=a%20b", "event"),
     ("/api/notifications", "channel=EMAIL", "channel"),
     ("/api/notifications", "unknown=1", "unknown"),
@@ -251,6 +304,10 @@ QUERIES = [
     ("/api/suppressions", "channel=sms&channel=email", "channel"),
     ("/api/topics/news/subscribers", "foo=1", "foo"),
     ("/api/topics/news/subscribers", "cursor=!!!!", "cursor"),
+    # forged cursors that are values of the ordering field (recipient_id): "r=1&p=1", "p=9…9"
+    ("/api/topics/news/subscribers", "cursor=cj0xJnA9MQ%3D%3D", "cursor"),
+    ("/api/topics/news/subscribers", f"cursor={b64('p=' + '9' * 30)}", "cursor"),
+    ("/api/notifications", f"cursor={b64('p=2026-01-01T00:00:00Z')}", "cursor"),
     ("/api/recipients/u-1", "fields=all", "fields"),
 ]
 
@@ -266,6 +323,27 @@ def test_a_query_string_on_a_write_is_refused_and_writes_nothing(raw):
     assert counts() == before
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8"])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/api/recipients/u-1"),
+        ("PUT", "/api/recipients/u-1/preferences"),
+        ("PUT", "/api/topics/news"),
+        ("POST", "/api/suppressions"),
+        ("POST", "/api/topics/news/subscribers"),
+    ],
+)
+def test_an_empty_body_is_refused_not_read_as_an_empty_object(raw, method, path, content_type):
+    # PUT /api/recipients/u-1 with nothing in it was read as {}: the email and phone wiped.
+    recipient = Recipient.objects.get(external_id="u-1")
+    before = counts()
+    error = assert_refused(send(raw, method, path, b"", content_type=content_type), 400)
+    assert error["code"] == "malformed_json"
+    assert counts() == before
+    assert Recipient.objects.get(pk=recipient.pk).email == recipient.email
+
+
 def test_what_the_rules_accept_still_goes_through(raw):
     # The other side of the tables: the documented forms are taken, and normalised as said.
     response = send(
@@ -277,6 +355,10 @@ def test_what_the_rules_accept_still_goes_through(raw):
     assert response.status_code == 201, response.content
     assert response.json()["phone"] == "+14155550100"
     assert response.json()["locale"] == "pt-BR"
+    # an internationalised domain is stored in the ASCII form the mail is sent to
+    response = send(raw, "PUT", "/api/recipients/u-1", {"email": "Ana@Exämple.com"})
+    assert response.status_code == 200, response.content
+    assert response.json()["email"] == "Ana@xn--exmple-cua.com"
     rules = {"preferences": [{"channel": "email", "enabled": False}]}
     assert send(raw, "PUT", "/api/recipients/u-1/preferences", rules).status_code == 200
     assert raw.get("/api/notifications?pageSize=100000&status=queued").status_code == 200

@@ -156,7 +156,15 @@ class _AnsweringInOurShape(View):
             return super().parse_events(request)  # type: ignore[misc, no-any-return]
         except (AnymailWebhookValidationFailure, AnymailImproperlyInstalled):
             raise
-        except (ValueError, TypeError, LookupError, AttributeError, AnymailError) as exc:
+        # RecursionError: JSON nested deeper than json.loads' stack ("[[[[..." by the thousand).
+        except (
+            ValueError,
+            TypeError,
+            LookupError,
+            AttributeError,
+            RecursionError,
+            AnymailError,
+        ) as exc:
             # The payload's shape, not ours: anymail indexes into whatever JSON it was given.
             raise MalformedWebhook(
                 f"Not a {self.esp_name} tracking payload ({type(exc).__name__})."

@@ -173,6 +173,7 @@ class BroadcastDetailView(StrictRequestMixin, APIView):
 
 class BroadcastCancelView(StrictRequestMixin, APIView):
     required_scope = ApiScope.BROADCAST
+    takes_empty_body = True
 
     @extend_schema(
         request=None,

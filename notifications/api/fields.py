@@ -8,11 +8,14 @@ states exactly what the serializers enforce. docs/api-input.md lists them.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from django.core.validators import RegexValidator
 from phonenumber_field.serializerfields import PhoneNumberField
 from rest_framework import serializers
+
+from preferences.addresses import canonical_email, has_invisible
 
 # C0 and C1 control characters and DEL: never meaningful in our strings, and a NUL cannot even be
 # stored (PostgreSQL text). Written with \x escapes that Python and ECMA regexes read alike.
@@ -20,13 +23,35 @@ _CONTROL = r"\x00-\x1f\x7f-\x9f"
 # Unicode white space (Python's str.isspace() and ECMA's \s, spelt out: the two differ).
 _SPACE = r"\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 
+
+def _bmp_ranges(categories: tuple[str, ...]) -> str:
+    """The Basic Multilingual Plane's characters of these Unicode categories as a regex class
+    body of \\u escapes (which Python and ECMA read alike; characters beyond the BMP are checked
+    in code, an ECMA pattern without the "u" flag cannot name them)."""
+    ranges: list[tuple[int, int]] = []
+    for code in range(0x10000):
+        if unicodedata.category(chr(code)) in categories:
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    return "".join(
+        rf"\u{start:04x}" if start == end else rf"\u{start:04x}-\u{end:04x}"
+        for start, end in ranges
+    )
+
+
+# Format characters (Cf: U+200B, U+FEFF, the bidi controls...): invisible, so "p1\u200b" would
+# be an id that looks like "p1".
+_FORMAT = _bmp_ranges(("Cf",))
+
 # Free text (a topic's name, an address before its own check): no control characters. Not
 # matching "": a field allowing blanks says so itself (and the schema adds it as a oneOf).
 TEXT_PATTERN = rf"\A[^{_CONTROL}]+\Z"
 # A userId: no white space, no control characters, no "/" (it is a path segment:
 # /api/recipients/{userId}) and no "%" (so that a percent-encoding residue, such as Django's
 # re-encoding of invalid UTF-8 in a path, "a%FFb", cannot become an id).
-USER_ID_PATTERN = rf"\A[^{_CONTROL}{_SPACE}/%]+\Z"
+USER_ID_PATTERN = rf"\A[^{_CONTROL}{_SPACE}{_FORMAT}/%]+\Z"
 USER_ID_MAX_LENGTH = 255
 # Catalog keys (events, categories, topics) are slugs (preferences.models).
 SLUG_PATTERN = r"\A[-a-zA-Z0-9_]+\Z"
@@ -36,7 +61,9 @@ IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
 _MESSAGES = {
     TEXT_PATTERN: "Control characters are not allowed.",
-    USER_ID_PATTERN: "A userId may not contain white space, control characters, '/' or '%%'.",
+    USER_ID_PATTERN: (
+        "A userId may not contain white space, control or format characters, '/' or '%%'."
+    ),
     SLUG_PATTERN: "Only letters, digits, '-' and '_'.",
 }
 
@@ -76,6 +103,12 @@ class UserIdField(StrictCharField):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("max_length", USER_ID_MAX_LENGTH)
         super().__init__(pattern=USER_ID_PATTERN, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if has_invisible(value):  # the pattern holds the BMP's; this also those beyond it
+            raise serializers.ValidationError(_MESSAGES[USER_ID_PATTERN].replace("%%", "%"))
+        return value
 
 
 class SlugField(StrictCharField):
@@ -160,6 +193,45 @@ class PhoneField(PhoneNumberField):
         if not isinstance(data, str) or not re.search(PHONE_PATTERN, data):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class EmailField(serializers.EmailField):
+    """An address the mail can really go to, stored with its domain in canonical form
+    (``canonical_email``): Django's validator alone takes invisible characters, domain
+    literals (``a@[127.0.0.1]``, mail to an IP address we choose by no DNS) and a local part
+    that only matches case-insensitively (U+017F long s, the Kelvin sign)."""
+
+    default_error_messages = {
+        "invisible": "Invisible (format or separator) characters are not allowed.",
+        "literal": "A domain literal (an IP address in brackets) is not allowed.",
+        "idna": "The domain is not a valid internationalised domain name.",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        if has_invisible(data):
+            self.fail("invisible")
+        value: str = super().to_internal_value(data)
+        return value
+
+    def run_validation(self, data: Any = serializers.empty) -> Any:
+        value = super().run_validation(data)
+        if not value:
+            return value
+        local, _, domain = value.rpartition("@")
+        if domain.startswith("["):
+            self.fail("literal")
+        if not local.isascii():
+            self.fail("invalid")
+        try:
+            return canonical_email(value)
+        except ValueError:
+            self.fail("idna")
 
 
 def user_id_errors(value: str) -> list[str]:

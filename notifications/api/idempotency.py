@@ -50,4 +50,8 @@ def _header_problem(value: str) -> str | None:
         return f"At most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."
     if not re.search(TEXT_PATTERN, value):
         return "Control characters are not allowed."
+    if not value.isascii():
+        # HTTP header values are bytes; WSGI hands them over as latin-1, so a UTF-8 key sent
+        # in a header and the same key in the body would be two keys.
+        return "Only ASCII characters are allowed in a header."
     return None

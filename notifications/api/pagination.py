@@ -8,15 +8,39 @@ import re
 from typing import Any
 from urllib import parse
 
+from django.core import signing
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils.crypto import constant_time_compare
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
+from rest_framework.utils.urls import replace_query_param
 
 # What DRF's encode_cursor writes: base64 (standard alphabet, padded) of "o=…&r=1&p=…".
 _CURSOR = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 CURSOR_PATTERN = f"^{_CURSOR.pattern}$"
 _CURSOR_TOKENS = frozenset({"o", "r", "p"})
+# A cursor carries a signature ("s") of its other tokens: a forged one that is still a value
+# of the ordering field ("r=1&p=1" on a list ordered by an integer) would otherwise be taken.
+_SIGNER = signing.Signer(salt="notifications.api.pagination.cursor")
+
+
+def signed_cursor(tokens: str) -> str:
+    """The cursor for DRF's query-string ``tokens`` ("o=1&p=…"), as the links carry it."""
+    signed = f"{tokens}&s={_SIGNER.signature(tokens)}" if tokens else f"s={_SIGNER.signature('')}"
+    return base64.b64encode(signed.encode("ascii")).decode("ascii")
+
+
+def _verified(decoded: str) -> str:
+    tokens, separator, signature = decoded.rpartition("s=")
+    if not separator or (tokens and not tokens.endswith("&")):
+        raise ValueError("unsigned")
+    tokens = tokens.removesuffix("&")
+    if not constant_time_compare(signature, _SIGNER.signature(tokens)):
+        raise ValueError("bad signature")
+    return tokens
+
+
 _PAGE_SIZE = re.compile(r"[1-9][0-9]*")
 _OFFSET = re.compile(r"0|[1-9][0-9]{0,8}")
 
@@ -56,7 +80,7 @@ class StrictCursorPagination(CursorPagination):
             if not _CURSOR.fullmatch(encoded):
                 raise ValueError("not base64")
             decoded = base64.b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
-            tokens = parse.parse_qs(decoded, keep_blank_values=True, strict_parsing=True)
+            tokens = parse.parse_qs(_verified(decoded), keep_blank_values=True, strict_parsing=True)
             if not set(tokens) <= _CURSOR_TOKENS or any(len(v) != 1 for v in tokens.values()):
                 raise ValueError("unknown or repeated token")
             offset = tokens.get("o", ["0"])[0]
@@ -69,6 +93,18 @@ class StrictCursorPagination(CursorPagination):
             raise ValidationError({self.cursor_query_param: ["Invalid cursor."]}) from exc
         position: Any = tokens.get("p", [None])[0]  # a string; the stubs say int
         return Cursor(offset=int(offset), reverse=reverse == "1", position=position)
+
+    def encode_cursor(self, cursor: Cursor) -> str:
+        # DRF's, signed (see _SIGNER).
+        tokens: dict[str, Any] = {}
+        if cursor.offset != 0:
+            tokens["o"] = str(cursor.offset)
+        if cursor.reverse:
+            tokens["r"] = "1"
+        if cursor.position is not None:
+            tokens["p"] = cursor.position
+        encoded = signed_cursor(parse.urlencode(tokens, doseq=True))
+        return replace_query_param(str(self.base_url), self.cursor_query_param, encoded)  # type: ignore[no-any-return]
 
     def paginate_queryset(
         self, queryset: Any, request: Request, view: Any = None

@@ -36,11 +36,25 @@ class BoundedJSONParser(JSONParser):
             raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
         try:
             return json.loads(
-                raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+                raw.decode("utf-8"),
+                parse_constant=_reject_constant,
+                parse_float=_finite_float,
+                object_pairs_hook=_unique_keys,
             )
         # RecursionError: "[[[[..." nested deeper than the interpreter's stack.
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ParseError(f"Malformed JSON: {exc}") from exc
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 8259 leaves a repeated name's meaning open; json.loads keeps the last, so
+    # {"userId": "p1", "userId": "p2"} meant p2 here and possibly p1 to a proxy or a log reader.
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"duplicate key {key!r}")
+        data[key] = value
+    return data
 
 
 def _reject_constant(name: str) -> None:

@@ -79,7 +79,12 @@ class AutoSchema(SpectacularAutoSchema):
 
     def _get_request_body(self, direction: str = "request") -> Any:
         if self.method != "DELETE":
-            return _raw_schema_body_required(super()._get_request_body(direction))
+            body = super()._get_request_body(direction)
+            if isinstance(body, dict):
+                # An empty PUT/POST body is a 400 (notifications.api.requests), even where
+                # every field is optional: "{}" is how to send none.
+                body["required"] = True
+            return body
         self.method, self._documenting_delete = "POST", True
         try:
             return _raw_schema_body_required(super()._get_request_body(direction))

@@ -31,7 +31,7 @@ from notifications.models import Broadcast, Delivery, DeliveryStatus, FailedDeli
 from notifications.services import transitions
 from notifications.services.enqueue import enqueue_on_commit, with_lanes
 from preferences import selectors as recipients
-from preferences.models import Device, Recipient
+from preferences.models import Device, Recipient, normalize_address
 from preferences.services import suppression_add
 
 logger = logging.getLogger(__name__)
@@ -216,7 +216,10 @@ _SUPPRESSED_FLAG = {Channel.EMAIL: "email_suppressed", Channel.SMS: "phone_suppr
 def _suppressed(delivery: Delivery, address: str) -> bool:
     """The flag loaded with the claimed row; a query for a delivery loaded some other way."""
     flag = getattr(delivery, _SUPPRESSED_FLAG.get(Channel(delivery.channel), "-"), None)
-    if flag is not None:
+    # The SQL compares the address as stored; one not in canonical form (a row written
+    # outside the API, e.g. "e6@exämple.com" by the admin) is looked up again as canonical.
+    canonical = normalize_address(delivery.channel, address) == address.strip().lower()
+    if flag is not None and (flag or canonical):
         return bool(flag)
     return recipients.is_suppressed(channel=delivery.channel, address=address)
 

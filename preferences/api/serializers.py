@@ -10,6 +10,7 @@ from rest_framework import serializers
 
 from channels.base import Channel
 from notifications.api.fields import (
+    EmailField,
     PhoneField,
     RejectUnknownFieldsMixin,
     StrictBooleanField,
@@ -20,18 +21,20 @@ from notifications.locales import LOCALE_MAX_LENGTH, LOCALE_PATTERN, canonical_l
 from preferences import tokens
 from preferences.models import Category, Device, Preference, Recipient, Suppression
 
+# In the tz database's files but not zones: "localtime" is the host's own setting (a symlink
+# some systems install), "Factory" a placeholder zone whose abbreviation is "-00".
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+
 
 @functools.cache
 def _time_zones() -> list[str]:
-    return sorted(zoneinfo.available_timezones())
+    return sorted(zoneinfo.available_timezones() - _NOT_ZONES)
 
 
 class RecipientSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
     userId = serializers.CharField(source="external_id", read_only=True)
     # The validator allows up to 320 characters; the column (and RFC 5321's path) holds 254.
-    email = serializers.EmailField(
-        required=False, allow_null=True, allow_blank=True, max_length=254, trim_whitespace=False
-    )
+    email = EmailField(required=False, allow_null=True, allow_blank=True, max_length=254)
     phone = PhoneField(required=False, allow_null=True, allow_blank=True)
     # Checked as sent, then stored in canonical case with "-" (pt_br -> pt-BR).
     locale = StrictCharField(
@@ -208,11 +211,7 @@ class SuppressionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerialize
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
-        check = (
-            serializers.EmailField(trim_whitespace=False)
-            if attrs["channel"] == "email"
-            else PhoneField()
-        )
+        check = EmailField() if attrs["channel"] == "email" else PhoneField()
         try:
             attrs["address"] = str(check.run_validation(attrs["address"]))
         except serializers.ValidationError as exc:

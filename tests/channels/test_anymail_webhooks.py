@@ -293,3 +293,25 @@ def test_the_url_without_its_trailing_slash_is_the_same_webhook(sent):
     assert response.status_code == 200
     sent.refresh_from_db()
     assert sent.status == DeliveryStatus.DELIVERED
+
+
+@pytest.mark.parametrize(
+    ("bounced", "stored"),
+    [("e6@exämple.com", "e6@xn--exmple-cua.com"), ("e6@xn--exmple-cua.com", "e6@exämple.com")],
+)
+def test_a_bounce_suppresses_an_idn_address_whichever_form_either_side_uses(
+    sent, order_shipped, bounced, stored
+):
+    # The send-time check compares the suppression with the recipient's stored address: one
+    # canonical form on both sides (the domain's IDNA ASCII), or the mail still goes.
+    assert _post({**HARD_BOUNCE, "MessageID": "not-ours", "Email": bounced}) == 200
+    assert _suppressions() == [("email", "e6@xn--exmple-cua.com", "hard_bounce", "postmark")]
+
+    queued = DeliveryFactory(
+        notification__recipient=RecipientFactory(email=stored),
+        notification__event=order_shipped,
+        channel="email",
+    )
+    assert services.delivery_send(delivery_id=queued.pk) == services.Outcome.SKIPPED
+    queued.refresh_from_db()
+    assert queued.reason == "suppressed"

@@ -391,3 +391,17 @@ def test_real_worker_retries_a_postmark_5xx_then_the_webhook_marks_it_delivered(
     assert email.provider_message_id == accepted["response"]["MessageID"]
     assert accepted["json"]["Subject"] == "Order 9 shipped"
     assert postmark_for_worker.webhooks[-1]["status"] == 200
+
+
+@pytest.mark.django_db
+def test_the_one_message_id_is_recorded_when_anymail_reports_a_set(order_shipped, via_postmark):
+    # A row stored before addresses were canonical: anymail keys its status by the address as
+    # given, Postmark's answer names the punycode one, so anymail's message_id was the set
+    # {None, '<id>'}; stored as its repr, no receipt ever matched it.
+    delivery = _queued(order_shipped, "e6@exämple.com")
+
+    assert services.delivery_send(delivery_id=delivery.pk) == Outcome.SENT
+
+    (request,) = via_postmark.requests
+    delivery.refresh_from_db()
+    assert delivery.provider_message_id == request["response"]["MessageID"]

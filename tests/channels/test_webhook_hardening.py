@@ -220,6 +220,8 @@ def test_postmark_without_good_credentials_is_401(sent, headers):
         pytest.param(json.dumps({**BOUNCE, "MessageID": "a\u0000b"}).encode(), id="NUL in id"),
         pytest.param(json.dumps({**BOUNCE, "MessageID": ["x"]}).encode(), id="id a list"),
         pytest.param(json.dumps({"FromFull": {"Email": VICTIM}}).encode(), id="inbound payload"),
+        # Deeper than json.loads' stack: was a 500 with a RecursionError traceback at ERROR.
+        pytest.param(b'{"RecordType": "Bounce", "x": ' + b"[" * 50_000, id="deep"),
     ],
 )
 def test_postmark_malformed_body_with_good_credentials_is_400(sent, body):

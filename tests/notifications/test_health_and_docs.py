@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import re
+
 import pytest
+from django.contrib.staticfiles import finders
 from django.test import Client
 
 from config.celery import app
@@ -39,6 +42,19 @@ def test_openapi_schema_and_docs_are_served_without_a_key(client):
     assert "/api/recipients/{user_id}/preferences" in paths
     assert "ApiKeyAuth" in schema.json()["components"]["securitySchemes"]
     assert client.get("/api/docs/").status_code == 200
+
+
+def test_the_docs_page_loads_nothing_from_another_origin(client):
+    # Swagger UI came from cdn.jsdelivr.net "@latest": a third-party, unpinned script on the
+    # admin's origin, and no docs offline. Every src/href must be a path on this service, and
+    # every one a static file we ship.
+    page = client.get("/api/docs/").content.decode()
+    assert not re.search(r"(?i)(https?:)?//[a-z0-9]", page.replace("//# ", "")), page
+    urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page)
+    assert urls, page
+    for url in urls:
+        assert url.startswith("/static/"), url
+        assert finders.find(url.removeprefix("/static/")), url
 
 
 def test_unknown_api_path_is_a_json_404(api_client):
