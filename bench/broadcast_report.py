@@ -81,6 +81,11 @@ def read_fake_logs(logs: dict[str, Path]) -> Received:
     return got
 
 
+def logged_requests(paths: list[Path], since: float) -> int:
+    """Requests in these logs at or after ``since``, whatever they were."""
+    return sum(1 for path in paths for record in _lines(path) if float(record["at"]) >= since)
+
+
 def _sends(fake: str, record: dict[str, Any]) -> Iterator[tuple[float, str | None, Any, str]]:
     """(at, text to look for a code in, HTTP status, destination) per message in one logged
     request; text None for a request that is not a send."""
