@@ -279,6 +279,27 @@ def table_activity(conn: Any) -> dict[str, Any]:
     }
 
 
+def writes_per_delivery_row(activity: dict[str, Any]) -> dict[str, Any]:
+    """Rows PostgreSQL wrote (inserted or updated, in the tables table_activity reads) per
+    delivery row inserted, the delivery rows' own UPDATEs and how many were HOT, and commits
+    (each a WAL flush) per delivery row."""
+    tables = activity.get("tables", {})
+    rows = tables.get("notifications_delivery", {}).get("inserted", 0)
+    if not rows:
+        return {}
+    delivery = tables["notifications_delivery"]
+    written = sum(t["inserted"] + t["updated"] for t in tables.values())
+    return {
+        "delivery_rows": rows,
+        "writes_per_delivery_row": round(written / rows, 2),
+        "delivery_updates_per_row": round(delivery["updated"] / rows, 2),
+        "delivery_hot_update_pct": round(
+            100 * delivery["hot_updated"] / max(1, delivery["updated"]), 1
+        ),
+        "commits_per_delivery_row": round(activity.get("commits", 0) / rows, 2),
+    }
+
+
 def table_sizes(conn: Any) -> dict[str, int]:
     with conn.cursor() as cur:
         cur.execute(

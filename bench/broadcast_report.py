@@ -1,11 +1,12 @@
-"""The broadcast benchmark's evidence: what the provider fakes received, and the chart.
+"""The broadcast benchmark's evidence: what the provider fakes or sinks received, and the chart.
 
 Every fake appends one JSON line per request it served (devtools/fakes/*.py, ``--log``), with
 ``at``, the wall-clock time it took the request (``time.time()``; on this one machine the same
 clock as the benchmark's). The Postmark fake stamps ``at`` when it answers, i.e. after its
-``--latency-ms``; the others when the request arrives. A transactional message is told apart
-from the broadcast's by its sign-in code, unique per request, found in the SMS body or the
-e-mail's text body.
+``--latency-ms``; the others when the request arrives. The nginx sinks (bench/provider_sinks.py)
+write one JSON line per request too, ``at`` being nginx's ``$msec`` once it has answered. A
+transactional message is told apart from the broadcast's by its sign-in code, unique per
+request, found in the SMS body (the Twilio sink logs it) or the e-mail's text body.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,11 +81,18 @@ def read_fake_logs(logs: dict[str, Path]) -> Received:
     return got
 
 
+def logged_requests(paths: list[Path], since: float) -> int:
+    """Requests in these logs at or after ``since``, whatever they were."""
+    return sum(1 for path in paths for record in _lines(path) if float(record["at"]) >= since)
+
+
 def _sends(fake: str, record: dict[str, Any]) -> Iterator[tuple[float, str | None, Any, str]]:
     """(at, text to look for a code in, HTTP status, destination) per message in one logged
     request; text None for a request that is not a send."""
     at, status = float(record["at"]), record.get("status")
-    if fake == "apns":
+    if "sink" in record:
+        yield _sink_send(fake, record, at, status)
+    elif fake == "apns":
         token = str(record.get("token") or "")
         yield at, "" if token else None, status, token
     elif fake == "fcm":
@@ -102,6 +111,29 @@ def _sends(fake: str, record: dict[str, Any]) -> Iterator[tuple[float, str | Non
             yield at, None, status, ""
         for message in messages:
             yield at, str(message.get("TextBody", "")), status, str(message.get("To", ""))
+
+
+def _sink_send(
+    fake: str, record: dict[str, Any], at: float, status: Any
+) -> tuple[float, str | None, Any, str]:
+    """One request in an nginx sink's log (bench/sinks/nginx.conf.in): its URI, and for FCM
+    and Twilio its body, as the client sent it."""
+    uri, body = str(record.get("uri", "")), str(record.get("body", ""))
+    if fake == "apns":
+        token = uri.removeprefix("/3/device/") if uri.startswith("/3/device/") else ""
+        return at, "" if token else None, status, token
+    if fake == "fcm":
+        if not uri.endswith("/messages:send"):
+            return at, None, status, ""  # google-auth's token request
+        try:
+            token = str(json.loads(body)["message"].get("token") or "")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            token = ""
+        return at, "", status, token
+    form = urllib.parse.parse_qs(body)
+    if not uri.endswith("/Messages.json"):
+        return at, None, status, ""
+    return at, form.get("Body", [""])[0], status, form.get("To", [""])[0]
 
 
 # --- rates ---------------------------------------------------------------------------------

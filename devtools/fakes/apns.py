@@ -192,7 +192,7 @@ class FakeAPNs:
             return [r for r in self.requests if r["token"] == token]
 
     def _write_certificates(self) -> tuple[str, str]:
-        ca_pem, cert_pem, key_pem = _throwaway_tls()
+        ca_pem, cert_pem, key_pem = throwaway_tls()
         self.ca_path.write_bytes(ca_pem)
         cert, key = Path(self._tls_dir.name) / "cert.pem", Path(self._tls_dir.name) / "key.pem"
         cert.write_bytes(cert_pem)
@@ -406,7 +406,7 @@ async def _respond(send: Any, status: int, headers: dict[str, str], body: bytes)
     await send({"type": "http.response.body", "body": body})
 
 
-def _throwaway_tls() -> tuple[bytes, bytes, bytes]:
+def throwaway_tls() -> tuple[bytes, bytes, bytes]:
     """A fresh CA and a server certificate for 127.0.0.1/localhost signed by it (PEMs)."""
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
