@@ -98,7 +98,7 @@ class WorkerProcess:
             # SIGTERM to the whole group would kill pool children mid-task.
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
