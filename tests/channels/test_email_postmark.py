@@ -390,7 +390,14 @@ def test_real_worker_retries_a_postmark_5xx_then_the_webhook_marks_it_delivered(
     (accepted,) = postmark_for_worker.sent_to("flaky-1-fay@example.com")
     assert email.provider_message_id == accepted["response"]["MessageID"]
     assert accepted["json"]["Subject"] == "Order 9 shipped"
-    assert postmark_for_worker.webhooks[-1]["status"] == 200
+    # The fake records its callback once it has our answer, which can come after the row
+    # changed: wait for the record rather than read it at once.
+    webhook = wait_for(
+        lambda: postmark_for_worker.webhooks[-1] if postmark_for_worker.webhooks else None,
+        what="the fake to record its webhook call",
+        timeout=10,
+    )
+    assert webhook["status"] == 200
 
 
 @pytest.mark.django_db
