@@ -124,7 +124,7 @@ class ProviderPaused(TransientDeliveryError):
     an attempt of nothing the delivery could change.
 
     Not an attempt: the delivery goes back to ``queued`` without spending an attempt or a
-    Celery retry and is tried again after ``retry_after`` seconds (``channels/guard.py``). A
+    Celery retry and is tried again after ``retry_after`` seconds (``channels/gate/guard.py``). A
     subclass of the transient error so that code unaware of it still retries, never fails.
     """
 
@@ -142,7 +142,7 @@ class PermanentDeliveryError(DeliveryError):
 
     ``suspect_settings``: the token rejection could equally mean these settings of ours are
     wrong (a sandbox endpoint answers BadDeviceToken to production tokens). The sender only
-    names them; ``channels/guard.py`` decides whether the device is retired or the provider
+    names them; ``channels/gate/guard.py`` decides whether the device is retired or the provider
     paused.
     """
 
@@ -168,7 +168,7 @@ class PermanentDeliveryError(DeliveryError):
 class ProviderConfigurationError(Exception):
     """Provider settings are wrong: every message would fail the same way until an operator
     fixes them. The system checks find what they can at start-up; one met at send time pauses
-    the provider (``channels/guard.py``): its deliveries wait in ``queued``, never failed."""
+    the provider (``channels/gate/guard.py``): its deliveries wait in ``queued``, never failed."""
 
 
 # What a batch call answers for each message it carried (a configuration error found in one
@@ -179,10 +179,14 @@ BatchAnswer = (
 
 
 class Provider(Protocol):
+    """A remote provider of one channel. ``send`` runs on the process's I/O loop
+    (channels/aio.py), many at once; it raises the errors above. The push channel's calls are
+    its platforms' senders' (channels/providers/push.py); in-app is local (``store_many``)."""
+
     name: ClassVar[str]
     channel: ClassVar[str]
 
-    def send(self, message: OutboundMessage) -> ProviderResult: ...
+    async def send(self, message: OutboundMessage) -> ProviderResult: ...
 
     @classmethod
     def check_configuration(cls) -> list[str]:
@@ -193,7 +197,7 @@ class Provider(Protocol):
 class BatchingProvider(Provider, Protocol):
     """A provider that can carry several messages in one call (an ESP's batch API).
 
-    Optional: the batch delivery path uses it when a provider has it, one call per group.
+    Optional: the delivery engine uses it when a provider has it, one call per group.
     """
 
     def batch_groups(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
@@ -201,7 +205,7 @@ class BatchingProvider(Provider, Protocol):
         call; a message that cannot share a call is a group of its own."""
         ...
 
-    def send_many(self, messages: Sequence[OutboundMessage]) -> list[BatchAnswer]:
+    async def send_many(self, messages: Sequence[OutboundMessage]) -> list[BatchAnswer]:
         """One call for one group; an answer per message, in order. An error of the whole
         call (the ESP down, a 429) is raised, and counts for every message of the group."""
         ...

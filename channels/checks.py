@@ -110,7 +110,7 @@ def url_problem(name: str, value: str, schemes: set[str], *, host: bool = True) 
 
 @register()
 def check_guard_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """The provider gate's settings (channels/guard.py), read at the first send."""
+    """The provider gate's settings (channels/gate/guard.py), read at the first send."""
     problems = number_problems(_GUARD_NUMBERS)
     share = settings.NOTIFY_RATE_LIMIT_BULK_SHARE
     if not 0 < share <= 1:
@@ -119,9 +119,9 @@ def check_guard_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         problem = text and limit_problem(f"NOTIFY_RATE_LIMITS[{provider!r}]", str(text))
         if problem:
             problems.append(problem)
-    for channel, threads in settings.NOTIFY_DELIVERY_BATCH_THREADS.items():
-        if not isinstance(threads, int) or threads < 1:
-            problems.append(f"NOTIFY_DELIVERY_BATCH_THREADS[{channel!r}]={threads!r} must be >= 1.")
+    for channel, calls in settings.NOTIFY_DELIVERY_IN_FLIGHT.items():
+        if not isinstance(calls, int) or calls < 1:
+            problems.append(f"NOTIFY_DELIVERY_IN_FLIGHT[{channel!r}]={calls!r} must be >= 1.")
     suspect = settings.NOTIFY_PUSH_SUSPECT_REJECTIONS
     if isinstance(suspect, bool) or not isinstance(suspect, int) or not 1 <= suspect <= 10_000:
         # 0 would pause on no evidence; more than thousands lets a wrong setting retire that

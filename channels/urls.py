@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from django.urls import URLPattern, include, path
 
-from channels.email import configured_esp_name
+from channels.providers.email import configured_esp_name
 from channels.webhooks import anymail, twilio
 
 _tracking: list[URLPattern] = anymail.tracking_routes(configured_esp_name())

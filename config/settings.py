@@ -182,16 +182,16 @@ NOTIFY_API_RATE_LIMIT_TIMEOUT_SECONDS = env.float(
 # Which provider sends each channel; an empty value means the channel is not configured and
 # its deliveries are recorded as skipped with reason "channel_not_configured".
 NOTIFY_PROVIDERS = {
-    "email": env.str("NOTIFY_PROVIDER_EMAIL", default="channels.email.EmailProvider"),
-    "inapp": env.str("NOTIFY_PROVIDER_INAPP", default="channels.inapp.InAppProvider"),
+    "email": env.str("NOTIFY_PROVIDER_EMAIL", default="channels.providers.email.EmailProvider"),
+    "inapp": env.str("NOTIFY_PROVIDER_INAPP", default="channels.providers.inapp.InAppProvider"),
     "push": env.str("NOTIFY_PROVIDER_PUSH", default=""),
     "sms": env.str("NOTIFY_PROVIDER_SMS", default=""),
 }
 # The push channel sends each device through its platform's sender; a platform left empty is
 # not configured and its devices are left out (a recipient with no other device: "no_device").
 NOTIFY_PUSH_SENDERS = {
-    "apns": env.str("NOTIFY_PUSH_APNS", default="channels.apns.APNsSender"),
-    "fcm": env.str("NOTIFY_PUSH_FCM", default="channels.fcm.FCMSender"),
+    "apns": env.str("NOTIFY_PUSH_APNS", default="channels.providers.apns.APNsSender"),
+    "fcm": env.str("NOTIFY_PUSH_FCM", default="channels.providers.fcm.FCMSender"),
 }
 # Active devices one recipient may have: each is a provider call per push (the fan-out is
 # sequential), so without a cap one recipient's 1,500 devices held a push worker for a minute.
@@ -226,8 +226,8 @@ NOTIFY_BROKER_RECOVERY_TIME_BUDGET_SECONDS = env.float(
 NOTIFY_CATALOG_CACHE_SECONDS = env.float("NOTIFY_CATALOG_CACHE_SECONDS", default=5.0)
 NOTIFY_PROVIDER_TIMEOUT_SECONDS = env.float("NOTIFY_PROVIDER_TIMEOUT_SECONDS", default=10.0)
 # Keep-alive connections an HTTP provider client (Twilio's) keeps per worker process: at least
-# the sends a process has in flight (worker threads times NOTIFY_DELIVERY_BATCH_THREADS).
-NOTIFY_PROVIDER_HTTP_POOL_SIZE = env.int("NOTIFY_PROVIDER_HTTP_POOL_SIZE", default=64)
+# the sends a process has in flight (NOTIFY_DELIVERY_IN_FLIGHT).
+NOTIFY_PROVIDER_HTTP_POOL_SIZE = env.int("NOTIFY_PROVIDER_HTTP_POOL_SIZE", default=100)
 
 # --- Broadcasts: fan-out and batch delivery (docs/broadcasts.md) -----------------------------
 # Recipients per fan-out page: one task and one transaction each, a constant number of queries.
@@ -256,21 +256,19 @@ NOTIFY_BROADCAST_PROGRESS_RECOUNT_FACTOR = env.float(
 )
 # Deliveries per batch task on the bulk lanes: one message, one claim, one load per batch.
 NOTIFY_DELIVERY_BATCH = env.int("NOTIFY_DELIVERY_BATCH", default=100)
-# Provider acceptances a batch records per UPDATE. More means fewer commits; it also bounds
-# how many of a batch's sends a worker killed mid-batch leaves to be sent again (the crash
-# window, docs/reliability.md). 1 records each as it comes, like a single delivery.
-NOTIFY_DELIVERY_SENT_FLUSH = max(1, env.int("NOTIFY_DELIVERY_SENT_FLUSH", default=8))
-# Provider calls in flight at once inside one batch task, per channel (threads waiting on the
-# network; 1 means one after the other). In-app's provider is an INSERT: nothing to overlap.
-NOTIFY_DELIVERY_BATCH_THREADS = {
-    # The APNs sender gives each concurrent send its own HTTP/2 connection (channels/apns.py).
-    "push": env.int("NOTIFY_DELIVERY_BATCH_THREADS_PUSH", default=8),
-    "email": env.int("NOTIFY_DELIVERY_BATCH_THREADS_EMAIL", default=4),
-    "sms": env.int("NOTIFY_DELIVERY_BATCH_THREADS_SMS", default=8),
+# Provider calls a delivery task has in flight at once on its process's I/O loop, per channel
+# (a push to one device, an SMS, an ESP batch call). The engine records each round of calls
+# before starting the next, so this also bounds how many sends a worker killed mid-batch
+# leaves to be sent again (the crash window, docs/reliability.md). In-app is one INSERT.
+NOTIFY_DELIVERY_IN_FLIGHT = {
+    "push": env.int("NOTIFY_DELIVERY_IN_FLIGHT_PUSH", default=100),
+    "email": env.int("NOTIFY_DELIVERY_IN_FLIGHT_EMAIL", default=4),
+    "sms": env.int("NOTIFY_DELIVERY_IN_FLIGHT_SMS", default=100),
     "inapp": 1,
 }
 # Email deliveries of a batch with the same content go to the ESP in one batch call of at most
-# this many messages (channels/email_batch.py; Postmark takes up to 500), for the ESPs listed:
+# this many messages (channels/providers/email_batch.py; Postmark takes up to 500), for the
+# ESPs listed:
 # only those known to split a multi-recipient message per address. A worker killed between
 # the ESP's acceptance and our commit sends this many again (the crash window). 1 turns it off.
 NOTIFY_EMAIL_BATCH_SIZE = env.int("NOTIFY_EMAIL_BATCH_SIZE", default=50)
@@ -300,6 +298,9 @@ APNS_PRIVATE_KEY = env_secret("APNS_PRIVATE_KEY")  # the .p8 key's PEM text (or 
 APNS_ENDPOINT = env.str("APNS_ENDPOINT", default="https://api.push.apple.com")
 # Extra CA bundle to trust (the local fake's test CA); empty means the system's CAs.
 APNS_CA_FILE = env.str("APNS_CA_FILE", default="")
+# HTTP/2 connections to APNs per worker process: each carries up to the server's concurrent
+# streams (Apple allows 1,000), so a second one is only opened when the first is full.
+APNS_MAX_CONNECTIONS = env.int("APNS_MAX_CONNECTIONS", default=2)
 
 # --- Push: FCM HTTP v1 (service account) ----------------------------------------------------
 FCM_CREDENTIALS_FILE = env.str("FCM_CREDENTIALS_FILE", default="")  # service-account JSON
@@ -436,7 +437,7 @@ NOTIFY_PUSH_SUSPECT_REJECTIONS = env.int("NOTIFY_PUSH_SUSPECT_REJECTIONS", defau
 # Where limits and circuits live: the broker's Redis when the broker is Redis.
 NOTIFY_GUARD_REDIS_URL = env.str("NOTIFY_GUARD_REDIS_URL", default="") or REDIS_URL_DEFAULT
 # After that Redis fails once, providers are called without limits or circuits for this long
-# before it is asked again (channels/guard_redis.py), instead of every send waiting on it.
+# before it is asked again (channels/gate/guard_redis.py), instead of every send waiting on it.
 NOTIFY_GUARD_REDIS_RETRY_SECONDS = env.float("NOTIFY_GUARD_REDIS_RETRY_SECONDS", default=5.0)
 
 # --- The broker: Redis or RabbitMQ (docs/scaling.md) -----------------------------------------

@@ -113,12 +113,12 @@ def prepare(run_dir: Path, *, api_port: int, ports: Mapping[str, int]) -> Wiring
         ),
     ]  # fmt: skip
     env = {
-        "NOTIFY_PROVIDER_PUSH": "channels.push.PushProvider",
-        "NOTIFY_PROVIDER_SMS": "channels.sms.SMSProvider",
-        "NOTIFY_PROVIDER_EMAIL": "channels.email.EmailProvider",
-        "NOTIFY_PROVIDER_INAPP": "channels.inapp.InAppProvider",
-        "NOTIFY_PUSH_APNS": "channels.apns.APNsSender",
-        "NOTIFY_PUSH_FCM": "channels.fcm.FCMSender",
+        "NOTIFY_PROVIDER_PUSH": "channels.providers.push.PushProvider",
+        "NOTIFY_PROVIDER_SMS": "channels.providers.sms.SMSProvider",
+        "NOTIFY_PROVIDER_EMAIL": "channels.providers.email.EmailProvider",
+        "NOTIFY_PROVIDER_INAPP": "channels.providers.inapp.InAppProvider",
+        "NOTIFY_PUSH_APNS": "channels.providers.apns.APNsSender",
+        "NOTIFY_PUSH_FCM": "channels.providers.fcm.FCMSender",
         "APNS_KEY_ID": APNS_KEY_ID,
         "APNS_TEAM_ID": APNS_TEAM_ID,
         "APNS_TOPIC": APNS_TOPIC,

@@ -8,7 +8,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from channels import circuit
+from channels.gate import circuit
 from notifications.api.errors import error_body
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _providers() -> dict[str, str]:
     try:
         return {name: state.describe() for name, state in circuit.not_closed().items()}
     except redis.RedisError:
-        # Where circuits live is away: providers are called as if closed (channels/guard.py).
+        # Where circuits live is away: providers are called as if closed (channels/gate/guard.py).
         logger.warning("health: guard Redis unavailable", exc_info=True)
         return {}
 

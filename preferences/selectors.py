@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, QuerySet
 
 from channels.base import Channel
 from preferences.models import (
-    Category,
     Device,
     Preference,
     Recipient,
@@ -47,32 +46,23 @@ def is_suppressed(*, channel: str, address: str) -> bool:
     ).exists()
 
 
-def channel_permissions(
-    *,
-    recipient_id: int,
-    category: Category,
-    channels: Sequence[str],
-    rules: Iterable[dict[str, Any]] | None = None,
-) -> dict[str, bool]:
-    """Whether each channel may be used for this category (one query, none if ``rules``
-    were already loaded with the recipient).
+def preference_rules(*, recipient_id: int) -> list[dict[str, Any]]:
+    """A recipient's preference rules as dicts of category_id, channel, enabled (one query)."""
+    found = Preference.objects.filter(recipient_id=recipient_id)
+    return [dict(rule) for rule in found.values("category_id", "channel", "enabled")]
 
-    Most specific rule wins: (category, channel) > (category, all) > (all, channel) > (all, all);
-    no rule means allowed. Critical categories ignore opt-outs altogether.
-    """
-    if category.critical:
-        return dict.fromkeys(channels, True)
-    found: Iterable[Any] = (
-        rules
-        if rules is not None
-        else Preference.objects.filter(
-            Q(category_id=category.pk) | Q(category__isnull=True), recipient_id=recipient_id
-        ).values("category_id", "channel", "enabled")
-    )
+
+def permissions_from_rules(
+    rules: Iterable[dict[str, Any]], *, category_id: int, channels: Sequence[str]
+) -> dict[str, bool]:
+    """Whether each channel may be used for this category, from the recipient's rules: the
+    most specific rule wins, (category, channel) > (category, all) > (all, channel) >
+    (all, all); no rule means allowed. A critical category skips this altogether
+    (``notifications.services.planning``)."""
     by_scope: dict[tuple[int | None, str | None], bool] = {
-        (rule["category_id"], rule["channel"]): rule["enabled"] for rule in found
+        (rule["category_id"], rule["channel"]): rule["enabled"] for rule in rules
     }
-    return {channel: _resolve(by_scope, category.pk, channel) for channel in channels}
+    return {channel: _resolve(by_scope, category_id, channel) for channel in channels}
 
 
 def _resolve(
@@ -97,33 +87,6 @@ def active_device_tokens(
     if platforms is not None:
         devices = devices.filter(platform__in=list(platforms))
     return list(devices.order_by("id").values_list("platform", "token"))
-
-
-def unreachable_reason(
-    *,
-    channel: str,
-    recipient: Recipient,
-    device_tokens: Iterable[tuple[str, str]] = (),
-    suppressed: bool = False,
-) -> str | None:
-    """Why ``channel`` cannot reach ``recipient`` right now, or None if it can."""
-    if channel == Channel.EMAIL and not recipient.email:
-        return "no_email"
-    if channel == Channel.SMS and not recipient.phone:
-        return "no_phone"
-    if channel == Channel.PUSH and not any(True for _ in device_tokens):
-        return "no_device"
-    if suppressed:
-        return "suppressed"
-    return None
-
-
-def address_for(channel: str, recipient: Recipient) -> str | None:
-    if channel == Channel.EMAIL:
-        return recipient.email or None
-    if channel == Channel.SMS:
-        return str(recipient.phone) if recipient.phone else None
-    return None
 
 
 def suppressions_list(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,26 @@ def preferences_replace(*, recipient: Recipient, rules: list[Rule]) -> list[Pref
             for rule in rules
         ]
     )
+
+
+def devices_deactivate(*, dead: Iterable[tuple[int, str, str]]) -> int:
+    """Retire devices a provider called dead ((recipient id, token, reason) each), in one
+    UPDATE; never deleted, so the log still says which device it was. Returns how many."""
+    rows = list(dead)
+    if not rows:
+        return 0
+    from psycopg2.extras import execute_values
+
+    with connection.cursor() as cursor:
+        execute_values(
+            cursor,
+            "UPDATE preferences_device AS d SET active = false, deactivated_at = now(),"
+            " deactivation_reason = v.reason FROM (VALUES %s) AS v(recipient_id, token, reason)"
+            " WHERE d.recipient_id = v.recipient_id AND d.token = v.token AND d.active",
+            [(recipient_id, token, reason[:255]) for recipient_id, token, reason in rows],
+            template="(%s::bigint, %s, %s)",
+        )
+        return int(cursor.rowcount)
 
 
 def suppression_add(

@@ -33,7 +33,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from channels.base import Channel
-from channels.email import esp_provider_name
+from channels.providers.email import esp_provider_name
 from channels.webhooks.errors import (
     MalformedWebhook,
     answering_unreadable_with_4xx,

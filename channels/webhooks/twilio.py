@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.views.decorators.csrf import csrf_exempt
 
 from channels.base import Channel
-from channels.sms import PROVIDER
+from channels.providers.sms import PROVIDER
 from channels.webhooks.errors import (
     MalformedWebhook,
     answering_unreadable_with_4xx,

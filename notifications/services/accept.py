@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework_api_key.models import APIKey
 
-from channels import push, registry
+from channels.providers import push
 from notifications.exceptions import (
     IdempotencyConflict,
     NoChannels,
@@ -25,6 +25,7 @@ from notifications.exceptions import (
 from notifications.models import Delivery, DeliveryStatus, Notification
 from notifications.rendering import TemplateRenderError, pick_templates, render_template
 from notifications.selectors import EventCatalog, event_catalog
+from notifications.services import planning
 from notifications.services.enqueue import enqueue_on_commit
 from notifications.services.idempotency import AcceptResult, replay_if_known
 from preferences import selectors as recipients
@@ -148,23 +149,27 @@ def _plan_deliveries(
     notification_id: uuid.UUID,
 ) -> list[_Planned]:
     event = catalog.event
-    allowed = recipients.channel_permissions(
-        recipient_id=recipient.pk,
-        category=event.category,
-        channels=channels,
-        rules=getattr(recipient, "preference_rules", None),
-    )
-    device_tokens = (
+    has_device = "push" in channels and bool(
         recipients.active_device_tokens(
             recipient_id=recipient.pk, platforms=push.configured_platforms()
         )
-        if "push" in channels
-        else []
     )
-    suppressed = {
-        "email": bool(getattr(recipient, "email_suppressed", False)),
-        "sms": bool(getattr(recipient, "phone_suppressed", False)),
-    }
+    rules = getattr(recipient, "preference_rules", None)
+    if rules is None:
+        rules = recipients.preference_rules(recipient_id=recipient.pk)
+    reasons = planning.skip_reasons(
+        planning.Reach(
+            email=recipient.email,
+            phone=str(recipient.phone) if recipient.phone else None,
+            has_device=has_device,
+            email_suppressed=bool(getattr(recipient, "email_suppressed", False)),
+            phone_suppressed=bool(getattr(recipient, "phone_suppressed", False)),
+            rules=rules,
+        ),
+        channels=channels,
+        category_id=event.category_id,
+        critical=event.category.critical,
+    )
     templates = pick_templates(catalog.templates, locale=recipient.locale)
     context = {
         **data,
@@ -179,18 +184,7 @@ def _plan_deliveries(
     }
     plan: list[_Planned] = []
     for channel in channels:
-        reason = None
-        if not registry.is_configured(channel):
-            reason = "channel_not_configured"
-        elif not allowed[channel]:
-            reason = "opted_out"
-        else:
-            reason = recipients.unreachable_reason(
-                channel=channel,
-                recipient=recipient,
-                device_tokens=device_tokens,
-                suppressed=suppressed.get(channel, False),
-            )
+        reason = reasons[channel]
         if reason is None and channel not in templates:
             reason = "no_template"
         if reason is not None:

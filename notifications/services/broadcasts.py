@@ -180,7 +180,7 @@ def broadcast_cancel(*, broadcast_id: uuid.UUID) -> bool:
     The first page of NOTIFY_BROADCAST_CANCEL_CHUNK deliveries is skipped here; a larger
     broadcast's rest is skipped by a maintenance task, a page per transaction, so the
     request and its row locks stay short whatever the size. Until then, a queued delivery its
-    batch reaches first is skipped at send time (``delivery_prepare`` reads the broadcast's
+    batch reaches first is skipped at send time (the engine's claim reads the broadcast's
     status): nothing of a cancelled broadcast is sent either way.
 
     False if there is no such broadcast; cancelling twice changes nothing the second time.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from celery import current_app
 from django.db import transaction
@@ -11,6 +12,9 @@ from django.db import transaction
 from channels.lanes import LANES
 from notifications.models import Delivery
 from preferences.models import Priority
+
+if TYPE_CHECKING:
+    from notifications.services.outcomes import Retry
 
 logger = logging.getLogger(__name__)
 
@@ -69,3 +73,46 @@ def enqueue_on_commit(deliveries: Iterable[QueuedDelivery]) -> None:
     items = list(deliveries)
     if items:
         transaction.on_commit(lambda: enqueue_deliveries(items))
+
+
+def publish_retries(retries: Iterable[Retry]) -> int:
+    """The one place retries are published; returns how many messages went out.
+
+    A transient failure goes back alone (a batch of one) on its own lane after its countdown.
+    Deliveries whose provider was not called (paused, rate-limited) were not attempted: they
+    go back together, one batch per lane, due when the longest pause ends. A failure to
+    publish is logged: the deliveries are ``queued`` with a lease covering the wait, so the
+    sweep re-enqueues them once it runs out.
+    """
+    items = list(retries)
+    messages: list[tuple[str, list[int] | int, str, int]] = []
+    deferred: dict[tuple[str, str], list[Retry]] = {}
+    for retry in items:
+        lane = queue_for(retry.channel, retry.priority)
+        if retry.deferred:
+            deferred.setdefault((retry.channel, lane), []).append(retry)
+        else:
+            messages.append((LANES[retry.channel].task, retry.delivery_id, lane, retry.countdown))
+    for (channel, lane), group in deferred.items():
+        ids = [retry.delivery_id for retry in group]
+        countdown = max(retry.countdown for retry in group)
+        if len(ids) == 1:
+            messages.append((LANES[channel].task, ids[0], lane, countdown))
+        else:
+            messages.append((LANES[channel].batch_task, ids, lane, countdown))
+    published = 0
+    try:
+        with current_app.producer_or_acquire() as producer:
+            for task, arg, lane, countdown in messages:
+                current_app.send_task(
+                    task, args=(arg,), queue=lane, countdown=countdown, producer=producer
+                )
+                published += 1
+    except Exception:
+        logger.warning(
+            "could not publish %d of %d retries; the sweep will re-enqueue them",
+            len(messages) - published,
+            len(messages),
+            exc_info=True,
+        )
+    return published

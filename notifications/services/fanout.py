@@ -24,9 +24,9 @@ from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 
-from channels import push
 from channels.base import Channel
 from channels.lanes import FANOUT_TASK, LANES, MAINTENANCE_QUEUE
+from channels.providers import push
 from notifications.models import Broadcast, DeliveryStatus
 from notifications.selectors import event_catalog
 from notifications.services.fanout_plan import Planned, Planner

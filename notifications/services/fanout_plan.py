@@ -1,7 +1,7 @@
 """Who gets what in a broadcast: each recipient's deliveries, decided page by page.
 
-The decisions are the accept path's, made with the same functions (channel configured,
-``channel_permissions``, ``unreachable_reason``, the template for the recipient's locale);
+The decisions are the accept path's (``planning.skip_reasons``, then the template for the
+recipient's locale);
 only the inputs arrive for a whole page at once (``preferences.selectors.audience_page``).
 Templates are rendered once per page unless they read recipient fields.
 """
@@ -18,12 +18,10 @@ from typing import Any
 from django.template import TemplateDoesNotExist
 from django.template.loader import get_template
 
-from channels import registry
-from channels.base import Channel
 from notifications.models import DeliveryStatus, Template
 from notifications.rendering import TemplateRenderError, pick_templates, render_template
 from notifications.selectors import EventCatalog
-from preferences import selectors as recipients
+from notifications.services import planning
 from preferences.models import Recipient
 
 logger = logging.getLogger(__name__)
@@ -50,31 +48,23 @@ class Planner:
 
     def plan(self, recipient: Recipient, notification_id: uuid.UUID) -> list[Planned]:
         event = self._catalog.event
-        allowed = recipients.channel_permissions(
-            recipient_id=recipient.pk,
-            category=event.category,
+        reasons = planning.skip_reasons(
+            planning.Reach(
+                email=recipient.email,
+                phone=str(recipient.phone) if recipient.phone else None,
+                has_device=bool(recipient.device_platforms),  # type: ignore[attr-defined]
+                email_suppressed=bool(recipient.email_suppressed),  # type: ignore[attr-defined]
+                phone_suppressed=bool(recipient.phone_suppressed),  # type: ignore[attr-defined]
+                rules=recipient.preference_rules,  # type: ignore[attr-defined]
+            ),
             channels=self._channels,
-            rules=recipient.preference_rules,  # type: ignore[attr-defined]
+            category_id=event.category_id,
+            critical=event.category.critical,
         )
-        device_tokens = [(platform, "") for platform in recipient.device_platforms]  # type: ignore[attr-defined]
-        suppressed: dict[str, bool] = {
-            Channel.EMAIL: bool(recipient.email_suppressed),  # type: ignore[attr-defined]
-            Channel.SMS: bool(recipient.phone_suppressed),  # type: ignore[attr-defined]
-        }
         templates = self._templates_for(recipient.locale)
         plan: list[Planned] = []
         for channel in self._channels:
-            if not registry.is_configured(channel):
-                reason: str | None = "channel_not_configured"
-            elif not allowed[channel]:
-                reason = "opted_out"
-            else:
-                reason = recipients.unreachable_reason(
-                    channel=channel,
-                    recipient=recipient,
-                    device_tokens=device_tokens,
-                    suppressed=suppressed.get(channel, False),
-                )
+            reason = reasons[channel]
             if reason is None and channel not in templates:
                 reason = "no_template"
             content = None

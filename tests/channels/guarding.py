@@ -44,7 +44,10 @@ def twilio_server() -> Iterator[FakeTwilioServer]:
 
 def point_sms_at(settings_: Any, server: FakeTwilioServer) -> None:
     """SMS through ``server`` (the in-process Twilio fake), from our sender number."""
-    settings_.NOTIFY_PROVIDERS = {**settings_.NOTIFY_PROVIDERS, "sms": "channels.sms.SMSProvider"}
+    settings_.NOTIFY_PROVIDERS = {
+        **settings_.NOTIFY_PROVIDERS,
+        "sms": "channels.providers.sms.SMSProvider",
+    }
     settings_.TWILIO_ACCOUNT_SID = server.account_sid
     settings_.TWILIO_AUTH_TOKEN = server.auth_token
     settings_.TWILIO_FROM_NUMBER = SENDER
@@ -65,7 +68,7 @@ def twilio(settings: Any, twilio_server: FakeTwilioServer) -> FakeTwilioServer:
 def twilio_worker_env(server: FakeTwilioServer, **overrides: str) -> dict[str, str]:
     """A worker's environment for SMS through ``server``."""
     return {
-        "NOTIFY_PROVIDER_SMS": "channels.sms.SMSProvider",
+        "NOTIFY_PROVIDER_SMS": "channels.providers.sms.SMSProvider",
         "TWILIO_ACCOUNT_SID": server.account_sid,
         "TWILIO_AUTH_TOKEN": server.auth_token,
         "TWILIO_FROM_NUMBER": SENDER,
@@ -97,7 +100,7 @@ def received(server: FakeTwilioServer, number: str) -> int:
 def assert_paused_for_configuration(delivery: Delivery, provider: str, cause: str) -> None:
     """``delivery`` waits in ``queued``, no attempt spent and no dead letter, because its
     provider refused our configuration; the provider is paused with ``cause`` as its reason."""
-    from channels import circuit
+    from channels.gate import circuit
     from notifications.models import DeliveryStatus, FailedDelivery
 
     delivery.refresh_from_db()

@@ -62,7 +62,7 @@ class RecordingSender:
     verdicts: ClassVar[dict[str, str]] = {}
     sent: ClassVar[list[str]] = []
 
-    def send_to_device(self, token: str, message: OutboundMessage) -> str:
+    async def send_to_device(self, token: str, message: OutboundMessage) -> str:
         name = _NAMES.get(token, token)
         verdict = self.verdicts.get(name, "ok")
         if verdict == "dead":
@@ -83,6 +83,9 @@ class RecordingSender:
         self.sent.append(name)
         return f"apns-id-{name}"
 
+    async def aclose(self) -> None:
+        pass
+
     @classmethod
     def check_configuration(cls) -> list[str]:
         return []
@@ -91,7 +94,10 @@ class RecordingSender:
 @pytest.fixture
 def push_sender(settings: Any) -> type[RecordingSender]:
     """Push enabled, APNs devices sent through RecordingSender, FCM off."""
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": "channels.push.PushProvider"}
+    settings.NOTIFY_PROVIDERS = {
+        **settings.NOTIFY_PROVIDERS,
+        "push": "channels.providers.push.PushProvider",
+    }
     settings.NOTIFY_PUSH_SENDERS = {"apns": f"{__name__}.RecordingSender", "fcm": ""}
     RecordingSender.verdicts = {}
     RecordingSender.sent = []

@@ -22,7 +22,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.utils import timezone
 
-from channels import apns
+from channels import aio
 from channels.base import (
     Destination,
     OutboundMessage,
@@ -31,6 +31,7 @@ from channels.base import (
 )
 from channels.checks import check_providers
 from channels.lanes import PUSH
+from channels.providers import apns
 from devtools.fakes.apns import FakeAPNs, device_token, new_signing_key
 from notifications import services
 from notifications.models import DeliveryStatus, FailedDelivery
@@ -61,8 +62,11 @@ def fake_apns(apns_key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def _point_at(settings: Any, url: str, ca_file: str, key: str) -> None:
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": "channels.push.PushProvider"}
-    settings.NOTIFY_PUSH_SENDERS = {"apns": "channels.apns.APNsSender", "fcm": ""}
+    settings.NOTIFY_PROVIDERS = {
+        **settings.NOTIFY_PROVIDERS,
+        "push": "channels.providers.push.PushProvider",
+    }
+    settings.NOTIFY_PUSH_SENDERS = {"apns": "channels.providers.apns.APNsSender", "fcm": ""}
     settings.APNS_KEY_ID, settings.APNS_TEAM_ID, settings.APNS_TOPIC = KEY_ID, TEAM_ID, TOPIC
     settings.APNS_PRIVATE_KEY, settings.APNS_ENDPOINT, settings.APNS_CA_FILE = key, url, ca_file
 
@@ -393,7 +397,7 @@ def test_an_untrusted_server_certificate_is_a_configuration_error(fake, order_sh
     device = _device("ok")
     delivery = queued_push(device.recipient, order_shipped)
 
-    with pytest.raises(ProviderPaused):  # the task defers it (tasks._defer)
+    with pytest.raises(ProviderPaused):  # the task defers it (publish_retries)
         services.delivery_send(delivery_id=delivery.pk)
 
     assert_paused_for_configuration(delivery, "apns", "APNS_CA_FILE")
@@ -437,7 +441,7 @@ def test_bad_settings_are_named_by_the_system_check(fake, settings, setting, val
 
     assert expected in error.msg
     assert error.msg.startswith(
-        "NOTIFY_PROVIDER_PUSH (channels.push.PushProvider): NOTIFY_PUSH_APNS:"
+        "NOTIFY_PROVIDER_PUSH (channels.providers.push.PushProvider): NOTIFY_PUSH_APNS:"
     )
 
 
@@ -471,8 +475,8 @@ def push_worker(
     with running_worker(
         PUSH.worker_queues,  # both lanes, as make run and docker-compose start it
         tmp_path_factory.mktemp("apns-worker"),
-        NOTIFY_PROVIDER_PUSH="channels.push.PushProvider",
-        NOTIFY_PUSH_APNS="channels.apns.APNsSender",
+        NOTIFY_PROVIDER_PUSH="channels.providers.push.PushProvider",
+        NOTIFY_PUSH_APNS="channels.providers.apns.APNsSender",
         NOTIFY_PUSH_FCM="",
         APNS_KEY_ID=KEY_ID,
         APNS_TEAM_ID=TEAM_ID,
@@ -598,7 +602,9 @@ def test_concurrent_sends_reach_each_device_exactly_once(fake, order_shipped, se
     tokens = [device_token() for _ in range(160)]
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            ids = list(pool.map(lambda token: sender.send_to_device(token, outbound), tokens))
+            ids = list(
+                pool.map(lambda token: aio.run(sender.send_to_device(token, outbound)), tokens)
+            )
     finally:
         fake.latency_ms = 0
 

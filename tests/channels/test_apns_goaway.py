@@ -11,6 +11,7 @@ longer retires a busy connection; the client says when a GOAWAY leaves a request
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -18,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from channels import apns
+from channels import aio
 from channels.base import Destination, OutboundMessage, TransientDeliveryError
+from channels.providers import apns
 from devtools.fakes.apns import FakeAPNs, device_token, new_signing_key
 from notifications.models import DeliveryStatus
 from notifications.services import Outcome
@@ -62,8 +64,11 @@ def retiring_fake(settings: Any, signing_key: str) -> Iterator[FakeAPNs]:
 
 
 def _point_at(settings: Any, server: FakeAPNs, key: str) -> None:
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": "channels.push.PushProvider"}
-    settings.NOTIFY_PUSH_SENDERS = {"apns": "channels.apns.APNsSender", "fcm": ""}
+    settings.NOTIFY_PROVIDERS = {
+        **settings.NOTIFY_PROVIDERS,
+        "push": "channels.providers.push.PushProvider",
+    }
+    settings.NOTIFY_PUSH_SENDERS = {"apns": "channels.providers.apns.APNsSender", "fcm": ""}
     settings.APNS_KEY_ID, settings.APNS_TEAM_ID, settings.APNS_TOPIC = KEY_ID, TEAM_ID, TOPIC
     settings.APNS_PRIVATE_KEY, settings.APNS_ENDPOINT = key, server.url
     settings.APNS_CA_FILE = str(server.ca_path)
@@ -94,7 +99,7 @@ def test_a_busy_connection_past_a_thousand_requests_gets_every_answer(default_fa
     tokens = [device_token(tail=f"{i:x}") for i in range(HYPERCORN_DEFAULT_MAX_REQUESTS + 10)]
 
     for token in tokens:
-        assert sender.send_to_device(token, _message(token))  # an apns-id, never an error
+        assert aio.run(sender.send_to_device(token, _message(token)))  # an apns-id, never an error
 
     assert _accepted(default_fake) == Counter(tokens)
     assert len({record["client"] for record in default_fake.requests}) == 1  # one connection
@@ -105,10 +110,10 @@ def test_a_goaway_over_a_request_in_flight_says_it_may_have_been_accepted(retiri
     sender = apns.APNsSender()
     a, b, c, d, e = (device_token() for _ in range(5))
     for token in (a, b, c):
-        sender.send_to_device(token, _message(token))
+        aio.run(sender.send_to_device(token, _message(token)))
 
     with pytest.raises(TransientDeliveryError) as raised:
-        sender.send_to_device(d, _message(d))
+        aio.run(sender.send_to_device(d, _message(d)))
 
     # The GOAWAY names this request as taken; whether the fake then handled it (accepted it,
     # or found its body missing) depends on whether the body arrived before the GOAWAY went
@@ -117,7 +122,7 @@ def test_a_goaway_over_a_request_in_flight_says_it_may_have_been_accepted(retiri
     assert "may have been accepted" in str(raised.value)
     assert "last_stream_id:7" in str(raised.value)  # the 4th stream: this very request
     # The next send opens a new connection and gets its answer.
-    assert sender.send_to_device(e, _message(e))
+    assert aio.run(sender.send_to_device(e, _message(e)))
     clients = {record["token"]: record["client"] for record in retiring_fake.requests}
     assert clients[a] == clients[c] != clients[e]
 
@@ -137,3 +142,21 @@ def test_a_push_retried_after_such_a_goaway_records_why_in_its_history(
     (delivery,) = devices[3].recipient.notifications.get().deliveries.all()
     assert delivery.status == DeliveryStatus.QUEUED
     assert "may have been accepted" in delivery.history[-1]["error"]
+
+
+def test_five_hundred_sends_at_once_are_streams_over_at_most_the_connections_allowed(
+    default_fake, settings
+):
+    settings.APNS_MAX_CONNECTIONS = 2
+    sender = apns.APNsSender()
+    tokens = [device_token(tail=f"{i:x}") for i in range(500)]
+
+    async def all_at_once() -> list[str]:
+        return await asyncio.gather(*(sender.send_to_device(t, _message(t)) for t in tokens))
+
+    ids = aio.run(all_at_once())
+
+    assert len(set(ids)) == 500 and all(ids)  # an apns-id each
+    assert _accepted(default_fake) == Counter(tokens)  # each device exactly once
+    assert 1 <= len({record["client"] for record in default_fake.requests}) <= 2
+    assert sender.open_connections() <= 2

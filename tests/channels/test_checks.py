@@ -37,7 +37,10 @@ def test_unimportable_provider_is_an_error(settings):
 
 
 def test_provider_for_the_wrong_channel_is_an_error(settings):
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "sms": "channels.email.EmailProvider"}
+    settings.NOTIFY_PROVIDERS = {
+        **settings.NOTIFY_PROVIDERS,
+        "sms": "channels.providers.email.EmailProvider",
+    }
     assert _ids(check_providers()) == ["channels.E003"]
 
 
@@ -83,7 +86,7 @@ def test_unknown_channel_is_an_error(settings):
         ("NOTIFY_PUSH_SUSPECT_REJECTIONS", 0, "NOTIFY_PUSH_SUSPECT_REJECTIONS=0 must be"),
         ("NOTIFY_PUSH_SUSPECT_REJECTIONS", 10_001, "from 1 to 10000"),
         ("NOTIFY_PUSH_SUSPECT_REJECTIONS", 2.5, "NOTIFY_PUSH_SUSPECT_REJECTIONS=2.5"),
-        ("NOTIFY_DELIVERY_BATCH_THREADS", {"push": 0}, "NOTIFY_DELIVERY_BATCH_THREADS['push']=0"),
+        ("NOTIFY_DELIVERY_IN_FLIGHT", {"push": 0}, "NOTIFY_DELIVERY_IN_FLIGHT['push']=0"),
         (
             "NOTIFY_GUARD_REDIS_URL",
             "amqp://guest:guest@127.0.0.1:5672/vhost",
@@ -118,7 +121,10 @@ def test_a_guard_setting_that_would_fail_the_first_send_fails_the_check(
     ],
 )
 def test_twilio_urls_need_an_http_scheme_and_a_host(settings, setting, value, expected):
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "sms": "channels.sms.SMSProvider"}
+    settings.NOTIFY_PROVIDERS = {
+        **settings.NOTIFY_PROVIDERS,
+        "sms": "channels.providers.sms.SMSProvider",
+    }
     settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN = ACCOUNT_SID, AUTH_TOKEN
     settings.TWILIO_FROM_NUMBER = "+15005550006"
     assert check_providers() == []

@@ -1,5 +1,5 @@
-"""The circuit breaker per provider (channels/circuit.py, gated in channels/guard.py): repeated
-transient failures pause a provider, paused deliveries wait without spending attempts, one
+"""The circuit breaker per provider (channels/gate/circuit.py, gated in channels/gate/guard.py):
+repeated transient failures pause a provider, paused deliveries wait without spending attempts, one
 probe at a time after the cool-down, and an outage does not dead-letter anything."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from channels import circuit
 from channels.base import ProviderPaused, TransientDeliveryError
+from channels.gate import circuit
 from channels.lanes import SMS
 from devtools.fakes.twilio import FakeTwilioServer
 from notifications import services

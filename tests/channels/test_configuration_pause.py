@@ -1,5 +1,5 @@
 """A configuration error met at send time pauses its provider instead of dead-lettering
-(channels/guard.py, channels/circuit.py): the deliveries wait in `queued` without spending
+(channels/gate/guard.py, channels/gate/circuit.py): the deliveries wait in `queued` without spending
 attempts, the pause is logged at ERROR once and shown by /healthz, and a probe after each
 cool-down resumes the provider once the settings are fixed, with no replay."""
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from channels import circuit
+from channels.gate import circuit
 from channels.lanes import EMAIL
 from devtools.fakes.postmark import DEFAULT_TOKEN, FakePostmark
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
@@ -41,7 +41,7 @@ def test_a_configuration_error_opens_the_circuit_with_its_reason(
     settings.NOTIFY_CIRCUIT_BREAKER = breaker  # the pause does not depend on the breaker
     settings.NOTIFY_CIRCUIT_CONFIG_COOLDOWN_SECONDS = 60
 
-    with caplog.at_level(logging.WARNING, logger="channels.circuit"):
+    with caplog.at_level(logging.WARNING, logger="channels.gate.circuit"):
         waits = [
             circuit.pause_for_configuration(circuit.admit(provider), "sender refused"),
             # A call admitted before the pause, refused after it: the same pause.
@@ -70,7 +70,7 @@ def test_the_probe_after_the_cool_down_closes_it_once_the_setting_is_fixed(
 
     # Still wrong: the probe is refused again, the pause goes on, without a second ERROR.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="channels.circuit"):
+    with caplog.at_level(logging.WARNING, logger="channels.gate.circuit"):
         probe = circuit.admit(provider)
         assert probe.probe and probe.cause == "sender refused"
         with pytest.raises(circuit.CircuitOpen):  # one probe at a time

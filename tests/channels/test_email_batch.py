@@ -11,11 +11,11 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from channels.base import Destination, OutboundMessage
-from channels.email_batch import batch_groups
 from channels.lanes import EMAIL
+from channels.providers.email_batch import batch_groups
 from devtools.fakes.postmark import FORBIDDEN, FakePostmark
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
-from notifications.services import batches
+from notifications.services import engine
 from notifications.tasks import deliver_email_batch
 from preferences.models import Suppression
 from tests.channels import guarding
@@ -180,9 +180,7 @@ def test_only_the_same_content_to_distinct_addresses_shares_a_call(news, postmar
         )
     )
 
-    result = batches.deliveries_send_batch(
-        delivery_ids=[*ids.values(), *french_ids], channel="email"
-    )
+    result = engine.deliver([*ids.values(), *french_ids], channel="email")
 
     assert set(result.outcomes.values()) == {"sent"}
     assert _call_sizes(postmark) == [1, 1, 2]

@@ -1,4 +1,4 @@
-"""Email keeps its provider connection open across messages (channels/pool.py): an ESP's
+"""Email keeps its provider connection open across messages (channels/providers/pool.py): an ESP's
 keep-alive HTTP session or an SMTP session, each lent to one sending thread at a time."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from channels import email as email_channel
+from channels import aio
+from channels.providers import email as email_channel
 from devtools.fakes.postmark import DEFAULT_TOKEN, FakePostmark
 from devtools.fakes.smtp import FakeSMTPServer
 from notifications import services
 from notifications.models import Delivery
-from notifications.services import Outcome
+from notifications.services import Outcome, engine
 from tests.factories import DeliveryFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
@@ -75,10 +76,11 @@ def test_a_session_the_server_dropped_is_reopened_and_the_message_sent_once(
 def test_concurrent_senders_each_borrow_their_own_session(order_shipped, relay):
     deliveries = [_queued(order_shipped, f"buyer{i}@example.com") for i in range(24)]
     provider = email_channel.EmailProvider()
-    messages = [services.deliveries.delivery_prepare(d) for d in deliveries]
+    claimed = engine.claim_and_load([d.pk for d in deliveries], lease_seconds=60)
+    messages = [engine.decide(delivery) for delivery in claimed]
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda ready: provider.send(ready.message), messages))
+        results = list(pool.map(lambda message: aio.run(provider.send(message)), messages))
 
     assert len({result.message_id for result in results}) == 24
     assert sorted(m["to"][0] for m in relay.messages) == sorted(

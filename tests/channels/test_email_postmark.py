@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from channels import circuit
 from channels.base import ProviderPaused, TransientDeliveryError
 from channels.checks import check_providers
+from channels.gate import circuit
 from channels.lanes import EMAIL
 from devtools.fakes.postmark import DEFAULT_TOKEN, FakePostmark
 from notifications import services
@@ -233,7 +233,7 @@ def test_a_sender_anymail_cannot_parse_pauses_email_without_calling_postmark(
     settings.DEFAULT_FROM_EMAIL = "'Notifications <notify@example.com>'"
     delivery = _queued(order_shipped, "gina@example.com")
 
-    with pytest.raises(ProviderPaused):  # the task defers it (tasks._defer)
+    with pytest.raises(ProviderPaused):  # the task defers it (publish_retries)
         services.delivery_send(delivery_id=delivery.pk)
 
     assert_paused_for_configuration(delivery, "postmark", "DEFAULT_FROM_EMAIL")

@@ -17,9 +17,11 @@ import requests
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
+from channels import aio
 from channels.base import TransientDeliveryError
 from channels.checks import check_providers
 from channels.lanes import PUSH
+from channels.providers import push
 from devtools.fakes.fcm import AUDIENCE, JWT_BEARER, FakeFCM, write_service_account
 from notifications import services
 from notifications.models import DeliveryStatus, FailedDelivery
@@ -45,8 +47,11 @@ def private_key(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _point_at(settings: Any, credentials: Path, endpoint: str) -> None:
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": "channels.push.PushProvider"}
-    settings.NOTIFY_PUSH_SENDERS = {"apns": "", "fcm": "channels.fcm.FCMSender"}
+    settings.NOTIFY_PROVIDERS = {
+        **settings.NOTIFY_PROVIDERS,
+        "push": "channels.providers.push.PushProvider",
+    }
+    settings.NOTIFY_PUSH_SENDERS = {"apns": "", "fcm": "channels.providers.fcm.FCMSender"}
     settings.FCM_CREDENTIALS_FILE, settings.FCM_PROJECT_ID = str(credentials), ""
     settings.FCM_ENDPOINT = endpoint
 
@@ -62,6 +67,14 @@ def fake(settings: Any, private_key: str, tmp_path: Path) -> Iterator[FakeFCM]:
     _point_at(settings, account.path, server.url)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_the_push_sender() -> Iterator[None]:
+    """The push channel keeps one FCMSender per process: close its session after these tests."""
+    yield
+    sender: Any = push._sender_instance("channels.providers.fcm.FCMSender")
+    aio.run(sender.aclose())
 
 
 def _device(kind: str, recipient: Any = None) -> Device:
@@ -359,7 +372,7 @@ def test_missing_credentials_fail_the_system_check_when_push_is_enabled(fake, se
 
     assert error.id == "channels.E004"
     assert error.msg == (
-        "NOTIFY_PROVIDER_PUSH (channels.push.PushProvider): NOTIFY_PUSH_FCM: "
+        "NOTIFY_PROVIDER_PUSH (channels.providers.push.PushProvider): NOTIFY_PUSH_FCM: "
         "FCM_CREDENTIALS_FILE is not set (the Firebase project's service-account JSON key)."
     )
     with pytest.raises(SystemCheckError, match="FCM_CREDENTIALS_FILE"):
@@ -397,7 +410,7 @@ def test_bad_credentials_files_are_named_by_the_system_check(
 
     assert expected in error.msg
     assert error.msg.startswith(
-        "NOTIFY_PROVIDER_PUSH (channels.push.PushProvider): NOTIFY_PUSH_FCM:"
+        "NOTIFY_PROVIDER_PUSH (channels.providers.push.PushProvider): NOTIFY_PUSH_FCM:"
     )
 
 
@@ -423,9 +436,9 @@ def push_worker(
     with running_worker(
         PUSH.queue,
         tmp_path_factory.mktemp("fcm-worker"),
-        NOTIFY_PROVIDER_PUSH="channels.push.PushProvider",
+        NOTIFY_PROVIDER_PUSH="channels.providers.push.PushProvider",
         NOTIFY_PUSH_APNS="",
-        NOTIFY_PUSH_FCM="channels.fcm.FCMSender",
+        NOTIFY_PUSH_FCM="channels.providers.fcm.FCMSender",
         FCM_CREDENTIALS_FILE=str(standalone_fcm["credentials"]),
         FCM_ENDPOINT=standalone_fcm["url"],
     ) as worker:

@@ -55,7 +55,10 @@ def test_a_status_callback_url_with_its_own_query_keeps_it(order_shipped, settin
 
     fake = FakeTwilioServer().start()
     try:
-        settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "sms": "channels.sms.SMSProvider"}
+        settings.NOTIFY_PROVIDERS = {
+            **settings.NOTIFY_PROVIDERS,
+            "sms": "channels.providers.sms.SMSProvider",
+        }
         settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN = ACCOUNT_SID, AUTH_TOKEN
         settings.TWILIO_FROM_NUMBER = "+15005550006"
         settings.TWILIO_API_BASE = fake.url

@@ -14,7 +14,7 @@ from django.conf import settings
 from channels import lanes
 from channels.base import Channel
 from config.celery import app
-from notifications.tasks import DeliveryBatchTask, DeliveryTask
+from notifications.tasks import DeliveryTask
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -34,7 +34,7 @@ def test_a_channels_tasks_are_registered_and_routed_to_its_lanes(channel):
     row = lanes.LANES[channel]
 
     assert isinstance(app.tasks[row.task], DeliveryTask)
-    assert isinstance(app.tasks[row.batch_task], DeliveryBatchTask)
+    assert isinstance(app.tasks[row.batch_task], DeliveryTask)
     assert _route(row.task) == row.queue
     assert _route(row.batch_task) == row.bulk_queue
     assert {row.queue, row.bulk_queue} <= set(settings.NOTIFY_QUEUES)

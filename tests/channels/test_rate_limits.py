@@ -1,5 +1,5 @@
-"""Per-provider rate limits (channels/ratelimit.py): shared by processes, bulk held to its share,
-a call over the limit waits, and a wait that runs out defers the delivery without an attempt.
+"""Per-provider rate limits (channels/gate/ratelimit.py): shared by processes, bulk held to its
+share, a call over the limit waits, and a wait that runs out defers the delivery without an attempt.
 Measured from the provider's side: the fake's busiest second."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from channels import circuit, guard_redis, ratelimit
 from channels.base import ProviderPaused
+from channels.gate import circuit, guard_redis, ratelimit
 from channels.lanes import SMS
 from devtools.fakes.twilio import FakeTwilioServer
 from notifications import services
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
-from notifications.services import Outcome, batches
+from notifications.services import Outcome, engine
 from notifications.services.enqueue import enqueue_deliveries
 from notifications.tasks import deliver_sms
 from preferences.models import Priority
@@ -99,19 +99,17 @@ def test_a_delivery_whose_wait_runs_out_is_deferred_not_attempted(
     assert not FailedDelivery.objects.exists()
 
 
-def test_a_batch_with_threads_keeps_bulk_within_its_share(
+def test_a_batch_with_calls_in_flight_keeps_bulk_within_its_share(
     limited, twilio: FakeTwilioServer, order_shipped
 ):
-    # 20/s at a 50 % bulk share: 10 bulk SMS per second at most, from 4 threads.
+    # 20/s at a 50 % bulk share: 10 bulk SMS per second at most, 4 calls in flight.
     threads = 4
-    limited.NOTIFY_DELIVERY_BATCH_THREADS = {"sms": threads}
+    limited.NOTIFY_DELIVERY_IN_FLIGHT = {"sms": threads}
     deliveries = [
         queued_sms(order_shipped, number, priority=Priority.BULK) for number in numbers(30)
     ]
 
-    result = batches.deliveries_send_batch(
-        delivery_ids=[d.pk for d in deliveries], channel="sms", task_name="t"
-    )
+    result = engine.deliver([d.pk for d in deliveries], channel="sms", task_name="t")
 
     assert set(result.outcomes.values()) == {Outcome.SENT}
     stats = twilio.stats.as_json()

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import socket
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from channels import circuit
+from channels import aio
 from channels.base import ProviderPaused, TransientDeliveryError
 from channels.checks import check_providers
+from channels.gate import circuit
 from channels.lanes import SMS
-from channels.sms import SMSProvider, _client
+from channels.providers.sms import SMSProvider, _client
 from devtools.fakes.twilio import FakeTwilioServer
 from notifications import services
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
-from notifications.services import Outcome
+from notifications.services import Outcome, engine
 from notifications.tasks import deliver_sms
 from preferences.models import Suppression
 from tests.channels.guarding import SENDER, assert_paused_for_configuration, point_sms_at
@@ -156,9 +155,12 @@ def test_refused_message_fails_without_suppressing_the_number(twilio, order_ship
 def test_rfc9457_error_is_what_the_sdk_raises_as_a_service_exception(twilio):
     from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 
-    client = _client(twilio.account_sid, twilio.auth_token, 5.0, twilio.url)
+    async def create() -> Any:
+        client = _client(twilio.account_sid, twilio.auth_token, twilio.url)
+        return await client.messages.create_async(to="+15550109211", from_=SENDER, body="x")
+
     with pytest.raises(TwilioServiceException) as raised:
-        client.messages.create(to="+15550109211", from_=SENDER, body="x")
+        aio.run(create())
 
     assert not isinstance(raised.value, TwilioRestException)
     assert (raised.value.status, raised.value.code) == (400, 21211)
@@ -248,7 +250,7 @@ def test_wrong_auth_token_is_a_configuration_error_that_pauses_twilio(
 def test_a_sender_refusal_pauses_twilio(twilio, order_shipped):
     delivery = _queued("+15550100606", order_shipped)
 
-    with pytest.raises(ProviderPaused):  # the task defers it (tasks._defer)
+    with pytest.raises(ProviderPaused):  # the task defers it (publish_retries)
         _send(delivery)
 
     assert_paused_for_configuration(delivery, "twilio", "TWILIO_FROM_NUMBER")
@@ -308,7 +310,7 @@ def sms_worker(
     with running_worker(
         SMS.queue,
         tmp_path_factory.mktemp("sms-worker"),
-        NOTIFY_PROVIDER_SMS="channels.sms.SMSProvider",
+        NOTIFY_PROVIDER_SMS="channels.providers.sms.SMSProvider",
         TWILIO_ACCOUNT_SID=twilio_server.account_sid,
         TWILIO_AUTH_TOKEN=twilio_server.auth_token,
         TWILIO_FROM_NUMBER=SENDER,
@@ -356,17 +358,13 @@ def test_worker_sends_retries_and_the_signed_status_callback_marks_delivered(
     ]
 
 
-def test_concurrent_sends_share_kept_connections_without_churn(twilio, order_shipped, caplog):
-    """A batch's threads in every worker thread share the process's Twilio client; with the
-    SDK's pool (10 for http, cores + 4 for https) each send past it opened and dropped a
-    connection (urllib3 says "Connection pool is full, discarding connection")."""
-    provider = SMSProvider()
+def test_a_batch_of_sends_goes_out_together_each_with_its_own_answer(twilio, order_shipped):
+    """A batch's 40 SMS are in flight together on the process's one Twilio client; each
+    delivery records its own message id."""
     deliveries = [_queued(f"+1415555{i:04d}", order_shipped) for i in range(40)]
-    ready = [services.deliveries.delivery_prepare(d) for d in deliveries]
 
-    with caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"):
-        with ThreadPoolExecutor(max_workers=32) as pool:
-            results = list(pool.map(lambda item: provider.send(item.message), ready))
+    result = engine.deliver([d.pk for d in deliveries], channel="sms")
 
-    assert len({result.message_id for result in results}) == 40
-    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+    assert set(result.outcomes.values()) == {Outcome.SENT}
+    ids = {Delivery.objects.get(pk=d.pk).provider_message_id for d in deliveries}
+    assert len(ids) == 40 and "" not in ids

@@ -1,7 +1,7 @@
 """Token rejections a wrong setting gives for every token alike (APNs BadDeviceToken from the
 sandbox endpoint with production tokens, DeviceTokenNotForTopic from another app's topic, FCM
 SENDER_ID_MISMATCH from another Firebase project): a run of them pauses the provider as
-misconfigured instead of retiring every device (channels/guard.py). Against the real fakes.
+misconfigured instead of retiring every device (channels/gate/guard.py). Against the real fakes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from channels import circuit, guard_redis
+from channels.gate import circuit, guard_redis
 from devtools.fakes.apns import FakeAPNs, device_token
 from devtools.fakes.fcm import FakeFCM, write_service_account
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery

@@ -249,7 +249,10 @@ def test_unsigned_inbound_stop_is_refused(client):
 def test_suppressed_after_stop_the_next_sms_is_skipped(client, sent_sms, settings):
     from notifications import services
 
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "sms": "channels.sms.SMSProvider"}
+    settings.NOTIFY_PROVIDERS = {
+        **settings.NOTIFY_PROVIDERS,
+        "sms": "channels.providers.sms.SMSProvider",
+    }
     _inbound(client, "STOP")
     notification = Notification.objects.create(
         api_key=sent_sms.notification.api_key,

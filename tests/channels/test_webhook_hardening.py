@@ -163,7 +163,7 @@ def test_the_routes_follow_the_esp(settings):
 
 
 def test_a_setting_the_esps_webhook_needs_is_a_503_and_a_system_check_error(settings, caplog):
-    from channels.email import EmailProvider
+    from channels.providers.email import EmailProvider
 
     settings.EMAIL_BACKEND = "anymail.backends.postal.EmailBackend"
     # Postal's webhook also needs POSTAL_WEBHOOK_KEY (the key it signs with).

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from channels.lanes import EMAIL, PUSH
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery, InboxMessage
-from notifications.services import Outcome, batches, broadcasts, transitions
+from notifications.services import Outcome, broadcasts, engine, transitions
 from notifications.tasks import (
     deliver_email_batch,
     deliver_inapp_batch,
@@ -69,12 +69,11 @@ def test_sent_transient_and_permanent_in_one_batch_each_as_if_single(news, push_
     assert FailedDelivery.objects.get(delivery=dead).task_name == PUSH.batch_task
     device = Device.objects.get(token=apns_token("dead"))
     assert not device.active and device.deactivation_reason
-    # The transient one alone is retried as a single task, on the bulk lane, already counted
-    # as its first retry so the retry budget is the single path's.
+    # The transient one alone is retried as a batch of one, on the bulk lane; its retry budget
+    # is the row's attempts (1 spent), the same whichever task sends it.
     (retry,) = _queued_messages(broker, PUSH.bulk_queue)
     assert retry["headers"]["task"] == PUSH.task
     assert retry["headers"]["argsrepr"] == repr((ids["flaky"],))
-    assert retry["headers"]["retries"] == 1
     # The single task's own first backoff (jittered: 0-2 s in the test settings).
     eta = retry["headers"]["eta"]
     assert eta is None or datetime.fromisoformat(eta) < timezone.now() + timedelta(seconds=3)
@@ -130,7 +129,7 @@ def test_the_batch_claim_skips_rows_already_sending_sent_or_skipped(news, push_s
         [ids["c"]], to=DeliveryStatus.SKIPPED, allowed_from=(DeliveryStatus.QUEUED,)
     )
 
-    result = batches.deliveries_send_batch(delivery_ids=list(ids.values()), channel="push")
+    result = engine.deliver(list(ids.values()), channel="push")
 
     assert result.outcomes == {
         ids["a"]: Outcome.NOT_CLAIMED,
@@ -159,7 +158,7 @@ def test_send_time_checks_are_the_single_paths(news, push_sender):
     Delivery.objects.get(pk=ids["erased"]).notification.recipient.delete()
     Device.objects.filter(token=apns_token("no-more-device")).update(active=False)
 
-    result = batches.deliveries_send_batch(delivery_ids=list(ids.values()), channel="push")
+    result = engine.deliver(list(ids.values()), channel="push")
 
     assert [result.outcomes[ids[t]] for t in ids] == ["skipped", "skipped", "skipped", "sent"]
     reasons = dict(Delivery.objects.values_list("pk", "reason"))
@@ -176,7 +175,7 @@ def test_a_delivery_of_a_cancelled_broadcast_back_from_a_retry_is_skipped(news, 
         [delivery.pk], to=DeliveryStatus.QUEUED, allowed_from=(DeliveryStatus.SENDING,)
     )
 
-    result = batches.deliveries_send_batch(delivery_ids=[delivery.pk], channel="push")
+    result = engine.deliver([delivery.pk], channel="push")
 
     assert result.outcomes == {delivery.pk: Outcome.SKIPPED}
     delivery.refresh_from_db()
@@ -187,7 +186,7 @@ def test_a_delivery_of_a_cancelled_broadcast_back_from_a_retry_is_skipped(news, 
 def test_a_configuration_error_pauses_the_provider_for_the_rest_of_the_batch(
     news, push_sender, settings, broker
 ):
-    settings.NOTIFY_DELIVERY_BATCH_THREADS = {**settings.NOTIFY_DELIVERY_BATCH_THREADS, "push": 1}
+    settings.NOTIFY_DELIVERY_IN_FLIGHT = {**settings.NOTIFY_DELIVERY_IN_FLIGHT, "push": 1}
     push_sender.verdicts = {"bad": "misconfigured"}
     ids = _push_broadcast(news, ["good", "bad", "also-good"])
 
@@ -231,9 +230,11 @@ def test_a_batch_claims_in_one_statement_and_loads_in_one(
     ids = list(Delivery.objects.values_list("pk", flat=True))
     transitions.claim_many(ids[:0])  # nothing to claim: no query at all
 
-    # One claim, one load (rules and suppressions included), one UPDATE for the acceptances.
-    with django_assert_num_queries(2 + 1):
-        batches.deliveries_send_batch(delivery_ids=ids, channel="email")
+    # One claim that loads what the send reads (rules and suppressions included), one UPDATE
+    # for the acceptances of a round of calls in flight (here all five).
+    settings.NOTIFY_DELIVERY_IN_FLIGHT = {**settings.NOTIFY_DELIVERY_IN_FLIGHT, "email": 8}
+    with django_assert_num_queries(1 + 1):
+        engine.deliver(ids, channel="email")
 
     assert len(mail.outbox) == 5
     sent = Delivery.objects.filter(status=DeliveryStatus.SENT)
@@ -246,19 +247,19 @@ def test_a_batch_claims_in_one_statement_and_loads_in_one(
         assert delivery.lease_until is None
 
 
-def test_acceptances_are_recorded_every_flush_size_deliveries(
+def test_acceptances_are_recorded_after_each_round_of_calls_in_flight(
     news, settings, django_assert_num_queries
 ):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    settings.NOTIFY_DELIVERY_SENT_FLUSH = 2
+    settings.NOTIFY_DELIVERY_IN_FLIGHT = {**settings.NOTIFY_DELIVERY_IN_FLIGHT, "email": 2}
     for _ in range(5):
         RecipientFactory()
     broadcast_id = start_broadcast(news, {"all": True}, channels=["email"])
     fan_out(broadcast_id)
     ids = list(Delivery.objects.values_list("pk", flat=True))
 
-    with django_assert_num_queries(2 + 3):  # 2 + 2 + 1 acceptances
-        batches.deliveries_send_batch(delivery_ids=ids, channel="email")
+    with django_assert_num_queries(1 + 3):  # rounds of 2 + 2 + 1 calls, an UPDATE each
+        engine.deliver(ids, channel="email")
 
     assert Delivery.objects.filter(status=DeliveryStatus.SENT).count() == 5
 
@@ -275,7 +276,7 @@ def test_rules_and_suppressions_loaded_with_the_batch_are_read_at_send_time(news
     PreferenceFactory(recipient=users[3], category=CategoryFactory(key="orders"), enabled=False)
     ids = [Delivery.objects.get(notification__recipient=user).pk for user in users]
 
-    result = batches.deliveries_send_batch(delivery_ids=ids, channel="email")
+    result = engine.deliver(ids, channel="email")
 
     assert [result.outcomes[pk] for pk in ids] == ["skipped", "skipped", "skipped", "sent"]
     reasons = dict(Delivery.objects.values_list("pk", "reason"))

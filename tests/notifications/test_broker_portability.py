@@ -8,7 +8,8 @@ from django.conf import settings
 
 from channels.lanes import EMAIL, MAINTENANCE_QUEUE, PUSH
 from config.celery import app
-from notifications.tasks import _countdown, deliver_email, deliver_push
+from notifications.services.outcomes import retry_countdown
+from notifications.tasks import deliver_email, deliver_push
 
 DELAYED = "0." * 27 + "1."  # RabbitMQ native delayed delivery's prefix: 28 bits of delay, here 1 s
 
@@ -46,7 +47,7 @@ def test_a_retry_without_a_lane_falls_back_to_the_tasks_route():
 @pytest.mark.parametrize(("seconds", "whole"), [(0.5, 1), (1.0, 1), (29.2, 30), (0.0, 0)])
 def test_provider_retry_after_becomes_whole_seconds(seconds, whole):
     # Quorum queues' delayed delivery refuses a countdown under one second (ValueError).
-    assert _countdown(seconds) == whole
+    assert retry_countdown(attempts=1, retry_after=seconds) == whole
 
 
 def test_each_transport_gets_only_its_own_options():

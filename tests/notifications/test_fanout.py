@@ -105,8 +105,11 @@ def test_user_id_and_everyone_audiences(news, small_pages):
 
 
 def test_skips_carry_the_accept_paths_reasons(news, settings):
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": "channels.push.PushProvider"}
-    settings.NOTIFY_PUSH_SENDERS = {"apns": "channels.apns.APNsSender", "fcm": ""}
+    settings.NOTIFY_PROVIDERS = {
+        **settings.NOTIFY_PROVIDERS,
+        "push": "channels.providers.push.PushProvider",
+    }
+    settings.NOTIFY_PUSH_SENDERS = {"apns": "channels.providers.apns.APNsSender", "fcm": ""}
     ok = RecipientFactory(external_id="ok")
     DeviceFactory(recipient=ok, platform="apns")
     email_off = RecipientFactory(external_id="email-off")
@@ -292,7 +295,10 @@ def _one_page_queries(event, size: int) -> int:
 
 def test_a_page_costs_the_same_number_of_queries_whatever_its_size(news, settings):
     settings.NOTIFY_FANOUT_PAGE = 100
-    settings.NOTIFY_PROVIDERS = {**settings.NOTIFY_PROVIDERS, "push": "channels.push.PushProvider"}
+    settings.NOTIFY_PROVIDERS = {
+        **settings.NOTIFY_PROVIDERS,
+        "push": "channels.providers.push.PushProvider",
+    }
     Template.objects.filter(event=news, channel="inapp").update(body="Hi {{ recipient.id }}")
 
     small, large = _one_page_queries(news, 3), _one_page_queries(news, 30)

@@ -15,7 +15,7 @@ from channels.lanes import SMS
 from config.celery import app
 from devtools.fakes.twilio import FakeTwilioServer
 from notifications.models import Delivery, DeliveryStatus
-from notifications.services import batches
+from notifications.services import engine
 from notifications.services.enqueue import enqueue_deliveries
 from preferences.models import Priority
 from tests.channels import guarding
@@ -123,7 +123,7 @@ def test_the_visibility_timeout_outlasts_every_wait_and_every_task():
     if not settings.BROKER_IS_REDIS:
         pytest.skip("the visibility timeout is the Redis transport's")
     timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
-    longest_batch = batches._batch_lease(settings.NOTIFY_DELIVERY_BATCH, threads=1)
+    longest_batch = engine.batch_lease(settings.NOTIFY_DELIVERY_BATCH, in_flight=1)
 
     assert timeout > settings.NOTIFY_RETRY_BACKOFF_MAX  # a retry's countdown
     assert timeout > settings.NOTIFY_CIRCUIT_COOLDOWN_SECONDS  # a deferral's countdown

@@ -1,27 +1,32 @@
-"""Push to Android/web/iOS-through-Firebase devices: FCM HTTP v1 via pyfcm, one device per call.
+"""Push to Android/web/iOS-through-Firebase devices: FCM HTTP v1, one device per call, on asyncio.
 
-pyfcm does the OAuth 2.0 service-account dance (google-auth) and builds the v1 payload; a small
-subclass takes over the three things it does that a Celery worker must not: it sleeps for
-``Retry-After`` inside the request, re-POSTs 502/503 through urllib3 retries, and hides FCM's
-``errorCode`` behind five exception classes. Errors are classified here from Google's error body.
+Every send is one ``POST {FCM_ENDPOINT}/v1/projects/{project}/messages:send`` on a kept-alive
+aiohttp session (one per event loop). pyfcm only builds the v1 payload; google-auth gets the
+service account's OAuth 2.0 access token, refreshed on a worker thread (its HTTP call is
+synchronous) once for all the sends waiting on it. Nothing here sleeps for ``Retry-After`` or
+re-POSTs: a 429/503 goes back to the caller, whose retry does the waiting. Errors are classified
+here from Google's error body.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from email.utils import parsedate_to_datetime
+import urllib.request
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp
 import google.auth.exceptions
 import google.auth.transport.requests
-import requests
 from django.conf import settings
-from django.utils import timezone
 from google.oauth2 import service_account
 from pyfcm import FCMNotification
-from requests.adapters import HTTPAdapter
+from yarl import URL
 
 from channels.base import (
     DeliveryError,
@@ -30,6 +35,7 @@ from channels.base import (
     ProviderConfigurationError,
     TransientDeliveryError,
 )
+from channels.http import retry_after_seconds
 from preferences.tokens import is_valid_device_token
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -41,12 +47,14 @@ _RESERVED_PREFIXES = ("google", "gcm")
 _FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 _DEAD_TOKEN_CODES = {"UNREGISTERED", "SENDER_ID_MISMATCH"}
-# A dead-token answer that a wrong project gives for every token alike (channels/guard.py
+# A dead-token answer that a wrong project gives for every token alike (channels/gate/guard.py
 # pauses FCM after a run of them instead of retiring every device).
 _SUSPECT = {
     "SENDER_ID_MISMATCH": "FCM_CREDENTIALS_FILE and FCM_PROJECT_ID (the app's Firebase project)"
 }
 _CONFIG_CODES = {"THIRD_PARTY_AUTH_ERROR", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+_CONNECTIONS = 100  # per loop: the engine sends a few hundred devices at once
+_KEEPALIVE_SECONDS = 60.0
 
 
 class FCMSender:
@@ -57,24 +65,30 @@ class FCMSender:
         self._lock = threading.Lock()
         self._client: tuple[tuple[object, ...], _Client] | None = None
 
-    def send_to_device(self, token: str, message: OutboundMessage) -> str:
+    async def send_to_device(self, token: str, message: OutboundMessage) -> str:
         client = self._current_client()
-        payload = client.parse_payload(
+        payload: bytes = client.builder.parse_payload(
             fcm_token=token,
             notification_title=message.content.get("subject") or None,
             notification_body=message.content.get("body") or None,
             data_payload=_data(message),
         )
+        timeout = _timeout()
         try:
-            response = client.send_request(payload, timeout=_timeout())
-        except requests.Timeout as exc:
+            response = await client.send(payload, timeout)
+        except TimeoutError as exc:
             raise TransientDeliveryError(
-                f"no answer within {_timeout()}s: {exc}", provider=PROVIDER
+                f"no answer within {timeout}s: {exc or type(exc).__name__}", provider=PROVIDER
             ) from exc
-        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
+        except aiohttp.InvalidURL as exc:
             raise ProviderConfigurationError(f"FCM_ENDPOINT is not usable: {exc}") from exc
-        except (requests.RequestException, google.auth.exceptions.TransportError) as exc:
-            # Refused connections and resets, to FCM or to the token endpoint.
+        except aiohttp.ClientConnectionError as exc:
+            # Refused connections and resets.
+            raise TransientDeliveryError(
+                f"ConnectionError ({type(exc).__name__}): {exc}", provider=PROVIDER
+            ) from exc
+        except (aiohttp.ClientError, google.auth.exceptions.TransportError) as exc:
+            # A broken answer from FCM, or no answer from the token endpoint.
             raise TransientDeliveryError(f"{type(exc).__name__}: {exc}", provider=PROVIDER) from exc
         except google.auth.exceptions.RefreshError as exc:
             detail = exc.args[0] if exc.args else exc  # args[1] is the whole response body
@@ -94,6 +108,13 @@ class FCMSender:
                 ) from exc
         raise _error_for(response, token)
 
+    async def aclose(self) -> None:
+        """Close this loop's session (and ask other loops to close theirs)."""
+        with self._lock:
+            client = self._client[1] if self._client else None
+        if client is not None:
+            await client.aclose()
+
     @classmethod
     def check_configuration(cls) -> list[str]:
         from channels.checks import url_problem
@@ -109,63 +130,137 @@ class FCMSender:
 
     def _current_client(self) -> _Client:
         # Keyed by settings so tests that override them get a new client; in a worker they
-        # never change, so this is one pyfcm instance (and one OAuth token) per process.
-        key = (
-            settings.FCM_CREDENTIALS_FILE,
-            settings.FCM_PROJECT_ID,
-            settings.FCM_ENDPOINT,
-            _timeout(),
-        )
+        # never change, so this is one client (and one OAuth token) per process. The key file
+        # is read only when they change, so this is no file read per send.
+        key = (settings.FCM_CREDENTIALS_FILE, settings.FCM_PROJECT_ID, settings.FCM_ENDPOINT)
         with self._lock:
             if self._client is None or self._client[0] != key:
                 credentials, project_id = _load_credentials()
                 endpoint = str(settings.FCM_ENDPOINT).rstrip("/")
-                send_url = f"{endpoint}/v1/projects/{project_id}/messages:send"
-                self._client = (key, _Client(credentials, send_url=send_url, timeout=_timeout()))
+                try:
+                    url = URL(f"{endpoint}/v1/projects/{project_id}/messages:send")
+                except ValueError as exc:
+                    raise ProviderConfigurationError(f"FCM_ENDPOINT is not usable: {exc}") from exc
+                if self._client is not None:
+                    self._client[1].close_soon()
+                self._client = (key, _Client(credentials, url))
             return self._client[1]
 
 
-class _Client(FCMNotification):
-    """pyfcm's FCMNotification aimed at FCM_ENDPOINT, without waiting or retrying in-request."""
+@dataclass
+class _Answer:
+    """What is kept of an HTTP answer once its body is read (the session is free again)."""
 
-    def __init__(
-        self, credentials: service_account.Credentials, *, send_url: str, timeout: float
-    ) -> None:
-        # max_retries=0: pyfcm's default adapter re-POSTs 502/503 with backoff inside the task.
-        super().__init__(credentials=credentials, adapter=HTTPAdapter(max_retries=0))
-        self._send_url = send_url
-        self._token_request = _TokenRequest(timeout)
+    status_code: int
+    reason: str
+    headers: Mapping[str, str]  # case-insensitive, as aiohttp read them
+    body: bytes
+    url: str
 
     @property
-    def fcm_end_point(self) -> str:
-        # pyfcm prefers the credentials' project over an explicit one; FCM_PROJECT_ID wins here.
-        return self._send_url
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
 
-    def request_headers(self) -> dict[str, str]:
-        # pyfcm refreshes on every header rebuild; an access token is good for an hour.
-        if not self.credentials.valid:
-            self.credentials.refresh(self._token_request)
-        return {
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {self.credentials.token}",
-        }
+    def json(self) -> Any:
+        return json.loads(self.body)
 
-    def send_request(self, payload: bytes | None = None, timeout: float | None = None) -> Any:
-        # pyfcm sleeps for Retry-After here and calls itself again; we hand the 429/503 back
-        # and the task's countdown does the waiting.
-        response = self._post(payload, timeout)
-        if self._is_access_token_expired(response):
+
+@dataclass
+class _OnLoop:
+    """What belongs to one event loop: its session, and the lock its sends wait on for a token."""
+
+    session: aiohttp.ClientSession
+    token_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class _Client:
+    """One send URL and one set of credentials; a kept session per event loop."""
+
+    def __init__(self, credentials: service_account.Credentials, url: URL) -> None:
+        self.credentials = credentials
+        self.url = url
+        # pyfcm's payload builder only: it does no I/O until asked to send, which it never is.
+        self.builder = FCMNotification(credentials=credentials)
+        # requests honoured HTTP(S)_PROXY and NO_PROXY; looked up once here, not per request.
+        proxy = urllib.request.getproxies()
+        bypass = urllib.request.proxy_bypass(url.host or "") if proxy else True
+        self.proxy = None if bypass else proxy.get(url.scheme)
+        self._refresh_lock = threading.Lock()  # one token request at a time, across loops
+        self._loops_lock = threading.Lock()
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _OnLoop] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def send(self, payload: bytes, timeout: float) -> _Answer:
+        bearer = await self._bearer(stale=None)
+        response = await self._post(payload, bearer, timeout)
+        if _is_access_token_expired(response):
             # FCM expired the token before our clock did: one fresh token, one more try.
-            self.credentials.refresh(self._token_request)
-            response = self._post(payload, timeout)
-        if response.status_code == 401:
+            bearer = await self._bearer(stale=bearer)
+            response = await self._post(payload, bearer, timeout)
+        if response.status_code == 401 and self.credentials.token == bearer:
             self.credentials.token = None  # never present a refused token again
         return response
 
-    def _post(self, payload: bytes | None, timeout: float | None) -> Any:
-        return self.requests_session.post(
-            self.fcm_end_point, data=payload, headers=self.request_headers(), timeout=timeout
+    async def _bearer(self, stale: str | None) -> str:
+        token = self.credentials.token
+        if self.credentials.valid and token != stale:
+            return str(token)
+        # One refresh for every send of this loop that found the token stale; the others wait
+        # here and then find it fresh.
+        async with self._on_loop().token_lock:
+            await asyncio.to_thread(self._refresh, stale)
+        return str(self.credentials.token)
+
+    def _refresh(self, stale: str | None) -> None:
+        with self._refresh_lock:
+            if self.credentials.valid and self.credentials.token != stale:
+                return  # another send (perhaps on another loop) just refreshed it
+            self.credentials.refresh(_TokenRequest(_timeout()))
+
+    async def _post(self, payload: bytes, bearer: str, timeout: float) -> _Answer:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"}
+        session = self._on_loop().session
+        async with asyncio.timeout(timeout):
+            async with session.post(
+                self.url, data=payload, headers=headers, proxy=self.proxy
+            ) as response:
+                body = await response.read()
+        return _Answer(
+            response.status, response.reason or "", response.headers, body, str(self.url)
         )
+
+    def _on_loop(self) -> _OnLoop:
+        # Sessions are bound to the loop they were opened on: another loop gets its own.
+        loop = asyncio.get_running_loop()
+        with self._loops_lock:
+            state = self._loops.get(loop)
+            if state is None or state.session.closed:
+                connector = aiohttp.TCPConnector(
+                    limit=_CONNECTIONS, keepalive_timeout=_KEEPALIVE_SECONDS
+                )
+                # No session-wide timeout: every request has its own (asyncio.timeout).
+                session = aiohttp.ClientSession(
+                    connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+                )
+                state = self._loops[loop] = _OnLoop(session)
+            return state
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._loops_lock:
+            mine = self._loops.pop(loop, None)
+        self.close_soon()
+        if mine is not None:
+            await mine.session.close()
+
+    def close_soon(self) -> None:
+        """Have every loop still running close its session (each on its own loop)."""
+        with self._loops_lock:
+            states, self._loops = list(self._loops.items()), weakref.WeakKeyDictionary()
+        for loop, state in states:
+            if loop.is_running() and not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(state.session.close(), loop)
 
 
 class _TokenRequest(google.auth.transport.requests.Request):
@@ -306,14 +401,11 @@ def _google_error(response: Any) -> dict[str, Any]:
 
 
 def _retry_after(response: Any) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:  # the HTTP-date form
-        return max(0.0, (parsedate_to_datetime(value) - timezone.now()).total_seconds())
-    except (TypeError, ValueError):
-        return None
+    return retry_after_seconds(response.headers.get("Retry-After"))
+
+
+def _is_access_token_expired(response: _Answer) -> bool:
+    if response.status_code != 401:
+        return False
+    details = _google_error(response).get("details") or []
+    return any(isinstance(d, dict) and d.get("reason") == "ACCESS_TOKEN_EXPIRED" for d in details)

@@ -6,6 +6,7 @@ Django backend's (``smtp``); anymail's tracking webhooks match receipts on the s
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import smtplib
 from collections.abc import Hashable, Sequence
@@ -17,7 +18,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.utils.module_loading import import_string
 
-from channels import email_batch
 from channels.base import (
     BatchAnswer,
     OutboundMessage,
@@ -26,7 +26,9 @@ from channels.base import (
     ProviderResult,
     TransientDeliveryError,
 )
-from channels.pool import KeptConnections
+from channels.http import retry_after_seconds
+from channels.providers import email_batch
+from channels.providers.pool import KeptConnections
 
 
 class EmailProvider:
@@ -37,7 +39,15 @@ class EmailProvider:
         """Rate limits and circuits are kept per ESP ("postmark", "smtp"), not per channel."""
         return _provider_name(_connection_settings())
 
-    def send(self, message: OutboundMessage) -> ProviderResult:
+    async def send(self, message: OutboundMessage) -> ProviderResult:
+        # Django's email backends and anymail's ESP clients are synchronous (requests, smtplib):
+        # each call runs on a thread of the I/O loop's pool, with its kept connection.
+        return await asyncio.to_thread(self._send, message)
+
+    async def send_many(self, messages: Sequence[OutboundMessage]) -> list[BatchAnswer]:
+        return await asyncio.to_thread(self._send_many, messages)
+
+    def _send(self, message: OutboundMessage) -> ProviderResult:
         from anymail.exceptions import (
             AnymailAPIError,
             AnymailInvalidAddress,
@@ -111,10 +121,10 @@ class EmailProvider:
         return ProviderResult(provider=provider, message_id=esp_id or msgid.strip("<>"))
 
     def batch_groups(self, messages: Sequence[OutboundMessage]) -> list[list[int]]:
-        """Same content to distinct addresses shares one ESP call (channels/email_batch.py)."""
+        """Same content to distinct addresses shares one ESP call (email_batch.py)."""
         return email_batch.batch_groups(messages, provider=self.limit_name())
 
-    def send_many(self, messages: Sequence[OutboundMessage]) -> list[BatchAnswer]:
+    def _send_many(self, messages: Sequence[OutboundMessage]) -> list[BatchAnswer]:
         key = _connection_settings()
         return email_batch.send_many(
             messages,
@@ -318,10 +328,8 @@ def _raise_for_esp_error(exc: Exception, provider: str) -> NoReturn:
 
 
 def _retry_after(headers: Any) -> float | None:
-    try:
-        return max(0.0, float(headers.get("Retry-After")))
-    except (TypeError, ValueError):
-        return None  # absent, or an HTTP date: our own backoff will do
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    return retry_after_seconds(value if isinstance(value, str) else None)
 
 
 def _raise_for_smtp_code(

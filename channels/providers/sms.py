@@ -1,17 +1,19 @@
-"""SMS through Twilio's Programmable Messaging API, with the `twilio` SDK.
+"""SMS through Twilio's Programmable Messaging API, with the `twilio` SDK's async client.
 
-One SDK client per worker process (its requests session pools connections), built on an HTTP
-client of ours that always has a timeout and can aim the SDK at another host (the local fake)
-by settings alone. What Twilio answered is mapped to the one error vocabulary here; the table
-with the reasons is in docs/providers/twilio.md.
+One SDK client per event loop (its aiohttp session keeps connections alive across sends and
+carries the sends in flight on that loop at once), on an HTTP client of ours that can aim the
+SDK at another host (the local fake) by settings alone. Every send has the provider timeout.
+What Twilio answered is mapped to the one error vocabulary here; the table with the reasons is
+in docs/providers/twilio.md.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import threading
-import time
-from email.utils import parsedate_to_datetime
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +26,7 @@ from channels.base import (
     ProviderResult,
     TransientDeliveryError,
 )
+from channels.http import retry_after_seconds
 
 if TYPE_CHECKING:
     from twilio.base.exceptions import TwilioException
@@ -40,7 +43,7 @@ DEAD_NUMBER_CODES: dict[int, str] = {
     21635: "invalid",  # a landline, in a country where Twilio does not try landlines
 }
 # The account, the sender or its permissions are wrong: every SMS would fail the same way until
-# an operator acts, so Twilio is paused (channels/guard.py; its deliveries wait in queued and
+# an operator acts, so Twilio is paused (channels/gate/guard.py; its deliveries wait in queued and
 # go out once a probe passes) and no number is blamed. Each maps to the setting or console
 # page to look at.
 CONFIGURATION_CODES: dict[int, str] = {
@@ -67,14 +70,22 @@ DESTINATION_NOT_ALLOWED_CODES: dict[int, str] = {
     21608: "a trial account can only send to verified numbers",
 }
 _RATE_LIMITED = 20429
+_TWILIO_API = "https://api.twilio.com"  # where the SDK sends, unless TWILIO_API_BASE says
+
+# The Retry-After of the answer the current task's request got (see HttpClient).
+_retry_after: ContextVar[float | None] = ContextVar("twilio_retry_after", default=None)
+# Per event loop, its clients by (account SID, auth token, API base). Not weak: a client's
+# session refers to its loop. Those of loops closed without aclose() are dropped (_client).
+_clients: dict[asyncio.AbstractEventLoop, dict[tuple[str, str, str], Any]] = {}
+_clients_lock = threading.Lock()  # loops on several threads (tests') may add theirs at once
 
 
 class SMSProvider:
     name: ClassVar[str] = PROVIDER
     channel: ClassVar[str] = "sms"
 
-    def send(self, message: OutboundMessage) -> ProviderResult:
-        import requests
+    async def send(self, message: OutboundMessage) -> ProviderResult:
+        from aiohttp import ClientConnectorError, ClientError, InvalidURL, NonHttpUrlClientError
         from twilio.base.exceptions import TwilioException
 
         phone = message.destination.phone or ""
@@ -91,34 +102,40 @@ class SMSProvider:
             url = settings.TWILIO_STATUS_CALLBACK_URL
             joiner = "&" if "?" in url else "?"
             sender["status_callback"] = f"{url}{joiner}deliveryId={message.delivery_id}"
+        timeout = float(settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS)
         client = _client(
-            settings.TWILIO_ACCOUNT_SID,
-            settings.TWILIO_AUTH_TOKEN,
-            float(settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS),
-            settings.TWILIO_API_BASE,
+            settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, settings.TWILIO_API_BASE
         )
+        _retry_after.set(None)
         try:
-            sent = client.messages.create(to=phone, body=message.content.get("body", ""), **sender)
+            async with asyncio.timeout(timeout):
+                sent = await client.messages.create_async(
+                    to=phone, body=message.content.get("body", ""), **sender
+                )
         except TwilioException as exc:
-            _raise_for_twilio_error(exc, phone, client.http_client.last_retry_after())
-        except (
-            requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema,
-        ) as exc:
+            _raise_for_twilio_error(exc, phone, _retry_after.get())
+        except (InvalidURL, NonHttpUrlClientError) as exc:
             raise ProviderConfigurationError(f"{_SOURCE}: check TWILIO_API_BASE: {exc}") from exc
-        except requests.exceptions.Timeout as exc:
+        except TimeoutError as exc:  # ours (asyncio.timeout) or aiohttp's, which is one too
             # Twilio may have accepted the message before the answer was lost; Messages has no
             # idempotency key, so a retry can rarely send twice. Losing the SMS is worse.
             raise TransientDeliveryError(
-                f"no answer within {settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS:g}s ({exc})",
-                provider=_SOURCE,
+                f"no answer within {timeout:g}s", provider=_SOURCE
             ) from exc
-        except requests.exceptions.RequestException as exc:
+        except ClientConnectorError as exc:  # named as before, for operators and alerts
+            raise TransientDeliveryError(f"ConnectionError: {exc}", provider=_SOURCE) from exc
+        except ClientError as exc:  # a dropped connection, a broken answer
             raise TransientDeliveryError(f"{type(exc).__name__}: {exc}", provider=_SOURCE) from exc
         return ProviderResult(
             provider=PROVIDER, message_id=str(sent.sid), details={"status": sent.status}
         )
+
+    async def aclose(self) -> None:
+        """Close the clients (their sessions and kept connections) of the running loop."""
+        with _clients_lock:
+            clients = _clients.pop(asyncio.get_running_loop(), {})
+        for client in clients.values():
+            await client.http_client.close()
 
     @classmethod
     def check_configuration(cls) -> list[str]:
@@ -191,19 +208,6 @@ def _twilio_message(exc: TwilioException) -> str:
     return text.removeprefix("Unable to create record: ")
 
 
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:  # the HTTP-date form
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def _rebase(url: str, api_base: str) -> str:
     """https://api.twilio.com/2010-04-01/... (or a regional api.*.twilio.com) on api_base."""
     parts = urlsplit(url)
@@ -216,41 +220,83 @@ def _rebase(url: str, api_base: str) -> str:
     return url
 
 
+def _client(account_sid: str, auth_token: str, api_base: str) -> Any:
+    """The running loop's Twilio client for these settings (tests change them), made on first
+    use: its aiohttp session belongs to that loop, so another loop gets its own."""
+    loop = asyncio.get_running_loop()
+    key = (account_sid, auth_token, api_base)
+    client = _clients.get(loop, {}).get(key)
+    if client is None:
+        from twilio.rest import Client
+
+        _check_api_base(api_base)
+        client = Client(account_sid, auth_token, http_client=_http_client_class()(api_base))
+        with _clients_lock:
+            for closed in [other for other in _clients if other.is_closed()]:
+                del _clients[closed]
+            _clients.setdefault(loop, {})[key] = client
+    return client
+
+
+def _check_api_base(api_base: str) -> None:
+    try:
+        parts = urlsplit(api_base)
+        usable = not api_base or (parts.scheme in ("http", "https") and bool(parts.hostname))
+    except ValueError:  # a malformed host ("http://[::1")
+        usable = False
+    if not usable:
+        raise ProviderConfigurationError(
+            f"{_SOURCE}: check TWILIO_API_BASE: {api_base!r} is not a http:// or https:// URL"
+        )
+
+
 @functools.cache
-def _client(account_sid: str, auth_token: str, timeout: float, api_base: str) -> Any:
-    """The worker process's one Twilio client; keyed by settings so tests can change them."""
-    from requests.adapters import HTTPAdapter
-    from twilio.http.http_client import TwilioHttpClient
-    from twilio.rest import Client
+def _http_client_class() -> type[Any]:
+    # Made on first use: importing the SDK and aiohttp is not every process's business (the
+    # web process imports this module for PROVIDER).
+    from aiohttp import ClientSession, TCPConnector
+    from aiohttp.helpers import get_env_proxy_for_url
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.http.response import Response
+    from yarl import URL
 
-    class HttpClient(TwilioHttpClient):  # type: ignore[misc]
-        """Every request has a timeout and goes to TWILIO_API_BASE when that is set.
+    class HttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+        """The SDK's async client on a kept-alive session, aimed at TWILIO_API_BASE when set.
 
-        The SDK's exceptions drop the response headers, so Retry-After is kept here, per
-        thread (a threaded worker pool shares this client).
+        The SDK's exceptions drop the response headers, so the Retry-After of a refusal is
+        kept in ``_retry_after``: a context variable, so each of the sends in flight on the
+        loop (each its own task) reads its own answer's, never another's.
         """
 
-        def __init__(self) -> None:
-            super().__init__(timeout=timeout)
-            self._last = threading.local()
-            # The SDK keeps min(32, cores + 4) connections for https and requests' 10 for
-            # http; a batch's threads in every worker thread share this client, and past the
-            # pool's size each send opened and dropped a connection of its own.
-            adapter = HTTPAdapter(pool_maxsize=settings.NOTIFY_PROVIDER_HTTP_POOL_SIZE)
-            self.session.mount("https://", adapter)
-            self.session.mount("http://", adapter)
+        def __init__(self, api_base: str) -> None:
+            super().__init__(pool_connections=False)  # our session, made here on the loop
+            self.api_base = api_base
+            # One connection per send in flight, kept alive for the next sends; past the
+            # limit a send waits for a free one (within its timeout) instead of opening more.
+            connector = TCPConnector(limit=int(settings.NOTIFY_PROVIDER_HTTP_POOL_SIZE))
+            # HTTPS_PROXY, NO_PROXY... apply as they did with requests, looked up once here:
+            # aiohttp's trust_env looks them (and ~/.netrc) up on a thread at every request.
+            proxy, proxy_auth = None, None
+            with contextlib.suppress(LookupError):
+                proxy, proxy_auth = get_env_proxy_for_url(URL(api_base or _TWILIO_API))
+            self.session = ClientSession(connector=connector, proxy=proxy, proxy_auth=proxy_auth)
 
-        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            if api_base:
-                url = _rebase(url, api_base)
-            kwargs["timeout"] = kwargs.get("timeout") or timeout
-            self._last.retry_after = None
-            response = super().request(method, url, *args, **kwargs)
+        async def request(self, method: str, url: str, **kwargs: Any) -> Response:
+            if self.api_base:
+                url = _rebase(url, self.api_base)
+            auth = kwargs.pop("auth", None)
+            if auth is not None:  # as a header: aiohttp deprecates the BasicAuth the SDK makes
+                kwargs["headers"] = {**(kwargs.get("headers") or {}), **_basic_auth(*auth)}
+            response: Response = await super().request(method, url, **kwargs)
             if response.status_code >= 400 and response.headers:
-                self._last.retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+                _retry_after.set(retry_after_seconds(response.headers.get("Retry-After")))
             return response
 
-        def last_retry_after(self) -> float | None:
-            return getattr(self._last, "retry_after", None)
+    return HttpClient
 
-    return Client(account_sid, auth_token, http_client=HttpClient())
+
+@functools.lru_cache(maxsize=8)
+def _basic_auth(user: str, password: str) -> dict[str, str]:
+    from aiohttp import encode_basic_auth
+
+    return {"Authorization": encode_basic_auth(user, password)}

@@ -9,6 +9,7 @@ our own settings are wrong.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -16,11 +17,9 @@ import ssl
 import threading
 import time
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-import httpx
 import jwt
 from django.conf import settings
 
@@ -30,7 +29,8 @@ from channels.base import (
     ProviderConfigurationError,
     TransientDeliveryError,
 )
-from channels.pool import KeptConnections
+from channels.http import retry_after_seconds
+from channels.providers import http2
 from preferences.tokens import is_valid_device_token
 
 PROVIDER = "APNs"
@@ -62,7 +62,7 @@ TRANSIENT = {
     "Shutdown",
 }
 # Dead-token answers that a wrong setting of ours gives for every token alike: the settings to
-# suspect (channels/guard.py pauses APNs after a run of them instead of retiring every device).
+# suspect (channels/gate/guard.py pauses APNs after a run of them instead of retiring every device).
 SUSPECT = {
     "BadDeviceToken": "APNS_ENDPOINT (sandbox or production, as the app's build)",
     "DeviceTokenNotForTopic": "APNS_TOPIC (the app's bundle id)",
@@ -103,20 +103,17 @@ class APNsSender:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # One HTTP/2 connection per send in flight, kept across sends (channels/pool.py).
-        self._connections: KeptConnections[httpx.Client] = KeptConnections(
-            lambda ca_file: httpx.Client(http2=True, verify=_trust(str(ca_file))),
-            httpx.Client.close,
-        )
+        # One HTTP/2 client (a few connections, many streams each) per I/O loop and origin.
+        self._clients: dict[tuple[asyncio.AbstractEventLoop, str, str], http2.Client] = {}
         self._token = ""
         self._token_key: tuple[str, str, str] = ("", "", "")
         self._token_born = 0.0
 
-    def send_to_device(self, token: str, message: OutboundMessage) -> str:
-        response = self._post(token, message, self._provider_token())
+    async def send_to_device(self, token: str, message: OutboundMessage) -> str:
+        response = await self._post(token, message, self._provider_token())
         if _reason(response) == "ExpiredProviderToken":
             # Stale token (a clock jump, a revoked key): one fresh token, one retry, right now.
-            response = self._post(token, message, self._provider_token(refresh=True))
+            response = await self._post(token, message, self._provider_token(refresh=True))
             if _reason(response) == "ExpiredProviderToken":
                 raise ProviderConfigurationError(
                     f"{PROVIDER} 403 ExpiredProviderToken: refused a token issued just now; "
@@ -124,45 +121,64 @@ class APNsSender:
                 )
         return _outcome(token, response)
 
-    def _post(self, token: str, message: OutboundMessage, provider_token: str) -> httpx.Response:
+    async def _post(
+        self, token: str, message: OutboundMessage, provider_token: str
+    ) -> http2.Response:
         timeout = float(settings.NOTIFY_PROVIDER_TIMEOUT_SECONDS)
+        endpoint = urlsplit(str(settings.APNS_ENDPOINT))
+        headers = [("authorization", f"bearer {provider_token}"), *_headers(message).items()]
+        path = f"{endpoint.path.rstrip('/')}/3/device/{quote(token, safe='')}"
         try:
-            with self._connections.borrow(str(settings.APNS_CA_FILE)) as http:
-                return http.post(
-                    f"{settings.APNS_ENDPOINT.rstrip('/')}/3/device/{quote(token, safe='')}",
-                    headers={"authorization": f"bearer {provider_token}", **_headers(message)},
-                    content=_payload(message),
-                    timeout=timeout,
-                )
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(timeout):
+                client = self._client(endpoint.hostname or "", endpoint.port or 443)
+                return await client.post(path, headers, _payload(message))
+        except TimeoutError as exc:
             raise TransientDeliveryError(
-                f"no answer within {timeout:g}s ({type(exc).__name__})", provider=PROVIDER
+                f"no answer within {timeout:g}s (timeout)", provider=PROVIDER
             ) from exc
-        except httpx.RemoteProtocolError as exc:
-            if "ConnectionTerminated" not in str(exc):
-                raise TransientDeliveryError(
-                    f"{type(exc).__name__}: {exc}", provider=PROVIDER
-                ) from exc
+        except http2.GoAwayInFlight as exc:
             # A GOAWAY that leaves this request out (a stream above its last_stream_id) never
-            # gets here: httpcore sends the request again on a new connection, which is safe.
-            # Here the GOAWAY names this request as taken by the server, and no answer came
-            # (h2 reads nothing after a GOAWAY). Apple may have accepted it, so the retry this
-            # error leads to may deliver it twice: at least once, like a timed-out answer.
+            # gets here: the client sends it again on a new connection, which is safe. Here
+            # the GOAWAY names this request as taken by the server, and no answer came. Apple
+            # may have accepted it, so the retry this error leads to may deliver it twice: at
+            # least once, like a timed-out answer.
             logger.warning("%s: %s", PROVIDER, _GOAWAY_IN_FLIGHT)
             raise TransientDeliveryError(
                 f"{_GOAWAY_IN_FLIGHT} ({exc})", provider=PROVIDER, provider_code="GoAway"
             ) from exc
-        except httpx.TransportError as exc:
-            if _certificate_rejected(exc):
-                raise ProviderConfigurationError(
-                    f"{PROVIDER}: the server certificate of {settings.APNS_ENDPOINT} is not "
-                    f"trusted ({exc}); check APNS_ENDPOINT and APNS_CA_FILE"
-                ) from exc
-            raise TransientDeliveryError(f"{type(exc).__name__}: {exc}", provider=PROVIDER) from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise ProviderConfigurationError(
+                f"{PROVIDER}: the server certificate of {settings.APNS_ENDPOINT} is not "
+                f"trusted ({exc}); check APNS_ENDPOINT and APNS_CA_FILE"
+            ) from exc
+        except (OSError, http2.StreamError) as exc:
+            # Refused connections, resets, a connection the server closed.
+            name = "ConnectError" if isinstance(exc, ConnectionError) else type(exc).__name__
+            raise TransientDeliveryError(f"{name}: {exc}", provider=PROVIDER) from exc
+
+    def _client(self, host: str, port: int) -> http2.Client:
+        loop = asyncio.get_running_loop()
+        key = (loop, f"{host}:{port}", str(settings.APNS_CA_FILE))
+        client = self._clients.get(key)
+        if client is None:
+            # Clients of a loop that is gone (a test's own loop) are dropped with it.
+            self._clients = {k: c for k, c in self._clients.items() if not k[0].is_closed()}
+            client = self._clients[key] = http2.Client(
+                host,
+                port,
+                http2.tls_context(key[2]),
+                max_connections=int(settings.APNS_MAX_CONNECTIONS),
+            )
+        return client
 
     def open_connections(self) -> int:
-        """Connections kept for reuse (as many as sends were ever in flight at once)."""
-        return self._connections.idle()
+        """Connections open on the clients kept (one client per I/O loop)."""
+        return sum(client.open_connections() for client in self._clients.values())
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        for key in [k for k in self._clients if k[0] is loop]:
+            await self._clients.pop(key).aclose()
 
     def _provider_token(self, *, refresh: bool = False) -> str:
         key = (settings.APNS_KEY_ID, settings.APNS_TEAM_ID, settings.APNS_PRIVATE_KEY)
@@ -239,21 +255,18 @@ def _payload(message: OutboundMessage) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _reason(response: httpx.Response) -> str:
-    if response.status_code == 200:
+def _reason(response: http2.Response) -> str:
+    if response.status == 200:
         return ""
-    try:
-        return str(response.json().get("reason", ""))
-    except (ValueError, AttributeError):
-        return ""
+    return str(_json(response).get("reason", ""))
 
 
-def _outcome(token: str, response: httpx.Response) -> str:
-    status = response.status_code
+def _outcome(token: str, response: http2.Response) -> str:
+    status = response.status
     if status == 200:
         return response.headers.get("apns-id", "")
     reason = _reason(response)
-    detail = EXPLAIN.get(reason, response.text[:200] or response.reason_phrase)
+    detail = EXPLAIN.get(reason, response.body[:200].decode(errors="replace") or f"HTTP {status}")
     where: dict[str, Any] = {
         "provider": PROVIDER,
         "status_code": status,
@@ -284,52 +297,19 @@ def _outcome(token: str, response: httpx.Response) -> str:
         )
     if reason in TRANSIENT or status == 429 or status >= 500:
         raise TransientDeliveryError(
-            detail, retry_after=_retry_after(response.headers.get("retry-after")), **where
+            detail, retry_after=retry_after_seconds(response.headers.get("retry-after")), **where
         )
     # The request itself is wrong (PayloadTooLarge, BadPriority, BadCollapseId...): the
     # device is fine, this notification can never go.
     raise PermanentDeliveryError(detail, response=_json(response), **where)
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+def _json(response: http2.Response) -> dict[str, Any]:
     try:
-        body = response.json()
+        body = json.loads(response.body)
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _trust(ca_file: str) -> ssl.SSLContext:
-    context = ssl.create_default_context()  # the system's CAs
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    return context
-
-
-def _certificate_rejected(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _key_problems(pem: str) -> list[str]:

@@ -30,7 +30,7 @@ from limits.errors import StorageError
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from channels import guard_redis
+from channels.gate import guard_redis
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ Redis unreachable: calls go through as if closed, rather than failing deliveries
 Suspect rejections: a device token refused in a way a wrong setting of ours produces for every
 token alike (APNs BadDeviceToken from the sandbox endpoint with production tokens, FCM
 SENDER_ID_MISMATCH from the wrong project) is counted per provider (``count_suspect``); a
-successful send resets the count. ``channels/guard.py`` turns the
+successful send resets the count. ``channels/gate/guard.py`` turns the
 ``NOTIFY_PUSH_SUSPECT_REJECTIONS``-th in a row into a configuration pause. The count survives
 the pause, so a probe that is refused the same way pauses again rather than retiring a device.
 """
@@ -40,7 +40,7 @@ from enum import StrEnum
 import redis
 from django.conf import settings
 
-from channels import guard_redis
+from channels.gate import guard_redis
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Status:
 
 
 def enabled() -> bool:
-    """On, and its Redis reachable (else calls go through: channels/guard_redis.py)."""
+    """On, and its Redis reachable (else calls go through: channels/gate/guard_redis.py)."""
     return bool(settings.NOTIFY_CIRCUIT_BREAKER) and guard_redis.available()
 
 
