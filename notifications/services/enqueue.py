@@ -39,31 +39,41 @@ def with_lanes(delivery_ids: Iterable[int]) -> list[QueuedDelivery]:
     ]
 
 
+# A task message: (task name, its one argument, queue, countdown in seconds or None).
+_Message = tuple[str, "list[int] | int", str, "int | None"]
+
+
 def enqueue_deliveries(deliveries: Iterable[QueuedDelivery]) -> int:
     """Publish one task per delivery on its channel's lane; returns how many were published.
 
     A broker outage is logged, not raised: the rows are committed as ``queued`` with a lease,
     and the sweep re-enqueues them once the lease runs out, so nothing is lost.
     """
-    items = list(deliveries)
-    if not items:
-        return 0
+    messages: list[_Message] = [
+        (LANES[channel].task, delivery_id, queue_for(channel, priority), None)
+        for delivery_id, channel, priority in deliveries
+    ]
+    return _publish(messages, "delivery tasks")
+
+
+def _publish(messages: list[_Message], what: str) -> int:
+    """Send ``messages`` on one producer; returns how many went. A broker outage is logged,
+    not raised: the rows they name are ``queued`` with a lease, and the sweep re-enqueues
+    them once it runs out, so nothing is lost."""
     published = 0
     try:
         with current_app.producer_or_acquire() as producer:
-            for delivery_id, channel, priority in items:
+            for task, arg, queue, countdown in messages:
                 current_app.send_task(
-                    LANES[channel].task,
-                    args=(delivery_id,),
-                    queue=queue_for(channel, priority),
-                    producer=producer,
+                    task, args=(arg,), queue=queue, countdown=countdown, producer=producer
                 )
                 published += 1
     except Exception:
         logger.warning(
-            "could not publish %d of %d delivery tasks; the sweep will re-enqueue them",
-            len(items) - published,
-            len(items),
+            "could not publish %d of %d %s; the sweep will re-enqueue them",
+            len(messages) - published,
+            len(messages),
+            what,
             exc_info=True,
         )
     return published
@@ -85,7 +95,7 @@ def publish_retries(retries: Iterable[Retry]) -> int:
     sweep re-enqueues them once it runs out.
     """
     items = list(retries)
-    messages: list[tuple[str, list[int] | int, str, int]] = []
+    messages: list[_Message] = []
     deferred: dict[tuple[str, str], list[Retry]] = {}
     for retry in items:
         lane = queue_for(retry.channel, retry.priority)
@@ -100,19 +110,4 @@ def publish_retries(retries: Iterable[Retry]) -> int:
             messages.append((LANES[channel].task, ids[0], lane, countdown))
         else:
             messages.append((LANES[channel].batch_task, ids, lane, countdown))
-    published = 0
-    try:
-        with current_app.producer_or_acquire() as producer:
-            for task, arg, lane, countdown in messages:
-                current_app.send_task(
-                    task, args=(arg,), queue=lane, countdown=countdown, producer=producer
-                )
-                published += 1
-    except Exception:
-        logger.warning(
-            "could not publish %d of %d retries; the sweep will re-enqueue them",
-            len(messages) - published,
-            len(messages),
-            exc_info=True,
-        )
-    return published
+    return _publish(messages, "retries")
