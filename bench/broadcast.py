@@ -47,7 +47,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, only bench/ is on the path; its sibling modules import as bench.*.
 sys.path.insert(0, str(ROOT))
-from bench import accept  # noqa: E402
+from bench import accept, profiling  # noqa: E402
 from bench import broadcast_data as data  # noqa: E402
 from bench import broadcast_report as report  # noqa: E402
 from bench import provider_sinks as sinks_  # noqa: E402
@@ -198,6 +198,7 @@ def flush_broker() -> None:
 
 PG_BACKENDS = "postgres (our backends)"
 BENCH_SCRIPT = "bench script (tx load, sampling)"
+BENCH_QUERIES = "postgres (the bench's own queries)"
 REDIS = "redis-server (shared)"  # it serves other users' databases too: an upper bound
 
 
@@ -283,7 +284,10 @@ class Sampler:
             group = by_pgid.get(pgrp)
             if group is None and comm == "postgres":
                 # e.g. "postgres: 15/main: postgres notifications_broadcast_bench 127.0.0.1(…)"
-                group = PG_BACKENDS if f" {DB_NAME} " in _cmdline(pid) else None
+                if pid in data.BENCH_BACKENDS:
+                    group = BENCH_QUERIES
+                elif f" {DB_NAME} " in _cmdline(pid):
+                    group = PG_BACKENDS
             elif group is None and comm == "redis-server":
                 group = REDIS
             if group is None:
@@ -440,12 +444,12 @@ def drain(
             sup.check_alive()
             if server.proc is not None and server.proc.poll() is not None:
                 raise accept.BenchError(f"gunicorn exited:\n{server.log_tail()}")
-            state = data.progress(conn, broadcast_id)
             now = time.time()
+            state = data.progress(conn, broadcast_id, count=now - last_print >= 10)
             if state["status"] == "fanned_out" and state["pending"] == 0:
                 return now
             if now - last_print >= 10:
-                last_print = now
+                last_print = now  # the poll above counted
                 say(
                     f"{now - posted_at:6.0f}s  fan-out {state['notifications']:,}/{expected:,}"
                     f" ({state['status']}), deliveries queued or sending {state['pending']:,}"
@@ -491,6 +495,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--receipts", action="store_true", help="fakes post delivery receipts to the API"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy on our processes and pg_stat_statements during the drain, written to DIR",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/broadcast.json")
     parser.add_argument("--chart", type=Path, default=ROOT / "bench/results/broadcast.png")
     args = parser.parse_args(argv)
@@ -535,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = worker_plan(args)
     tx: Transactional | None = None
     sampler: Sampler | None = None
+    profiler = profiling.Profiler(args.profile) if args.profile else None
     try:
         for port in range(args.port, args.port + 5):
             if stack.port_answers(port):
@@ -582,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
 
         cpu_before, machine_before = sampler.cpu(), accept.system_cpu()
         bench_cpu_before = time.process_time()
+        if profiler is not None:
+            no_statements = profiling.statements_reset(DATABASE_URL)
+            profiler.start(groups())
         broadcast_id, posted_at = post_broadcast(args.port, api_key)
         tx.phase = "during"
         say(f"broadcast {broadcast_id} accepted; draining ...")
@@ -595,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         cpu_after, machine_after = sampler.cpu(), accept.system_cpu()
         bench_cpu = time.process_time() - bench_cpu_before
+        if profiler is not None:
+            write_profile(profiler, args.profile, no_statements)
         tx.stop()
         sampler.stop()
         time.sleep(3.0)  # the last transactional messages reach their fakes
@@ -634,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
             tx.stop()
         if sampler is not None:
             sampler.stop()
+        if profiler is not None:
+            profiler.stop()
         sup.stop()
         server.stop()
         try:
@@ -647,6 +665,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"could not drop {DB_NAME}: {exc}", file=sys.stderr)
         shutil.rmtree(run_dir, ignore_errors=True)
         lock.close()  # releases the flock
+
+
+def write_profile(profiler: profiling.Profiler, out_dir: Path, no_statements: str | None) -> None:
+    python = profiler.stop()
+    if no_statements is None:
+        statements: Any = profiling.statements_top(DATABASE_URL, DB_NAME)
+    else:
+        statements = {"not measured": no_statements}
+    (out_dir / "postgres.json").write_text(json.dumps(statements, indent=1) + "\n")
+    for name, found in python.items():
+        say(f"profile {name}: {found['samples']} samples; most on their own:")
+        for function, share in found["self"][:8]:
+            say(f"  {share:5.1f} %  {function}")
+    say(f"profile written to {out_dir} (python.json, postgres.json, a raw py-spy file each)")
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -694,7 +726,7 @@ def build_report(
     cpu_all[BENCH_SCRIPT] = round(bench_cpu, 1)
     # Ours: the API, the workers, beat, PostgreSQL, Redis. The providers' stand-ins and the
     # load generator are reported apart, so that cpu.ms_per_delivery is the service's own.
-    not_ours = {*logs, "sinks", BENCH_SCRIPT}
+    not_ours = {*logs, "sinks", BENCH_SCRIPT, BENCH_QUERIES}
     sink_logs = [path for path in logs.values() if path.suffix == ".log"]  # the nginx sinks
     cpu_s = {name: s for name, s in cpu_all.items() if name not in not_ours}
     cpu_other = {name: s for name, s in cpu_all.items() if name in not_ours}
