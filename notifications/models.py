@@ -83,20 +83,35 @@ class Broadcast(models.Model):
 
 
 class Notification(models.Model):
+    # Every row is written once per recipient of a broadcast, so each index costs the fan-out:
+    # the foreign keys below have none of their own, as each leads a composite index of Meta
+    # (api_key: the idempotency constraint, recipient and event: their log indexes, broadcast:
+    # the per-broadcast constraint), which serves their lookups and cascades as well.
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    api_key = models.ForeignKey(APIKey, on_delete=models.PROTECT, related_name="+")
+    api_key = models.ForeignKey(APIKey, on_delete=models.PROTECT, related_name="+", db_index=False)
     # SET_NULL: erasing a recipient keeps the anonymous log of what was sent.
     recipient = models.ForeignKey(
-        Recipient, on_delete=models.SET_NULL, null=True, related_name="notifications"
+        Recipient,
+        on_delete=models.SET_NULL,
+        null=True,
+        related_name="notifications",
+        db_index=False,
     )
     external_user_id = models.CharField(max_length=255, blank=True, default="")
-    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="notifications")
+    event = models.ForeignKey(
+        Event, on_delete=models.PROTECT, related_name="notifications", db_index=False
+    )
     data = models.JSONField(default=dict, blank=True)
     priority = models.CharField(
         max_length=16, choices=Priority.choices, default=Priority.TRANSACTIONAL
     )
     broadcast = models.ForeignKey(
-        Broadcast, on_delete=models.CASCADE, null=True, blank=True, related_name="notifications"
+        Broadcast,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+        db_index=False,
     )
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64)
@@ -151,8 +166,9 @@ FINAL_STATUSES = (
 class Delivery(models.Model):
     """The notification log: one row per notification and channel."""
 
+    # No index of its own: delivery_unique_channel (notification, channel) leads with it.
     notification = models.ForeignKey(
-        Notification, on_delete=models.CASCADE, related_name="deliveries"
+        Notification, on_delete=models.CASCADE, related_name="deliveries", db_index=False
     )
     channel = models.CharField(max_length=16, choices=Channel.choices)
     status = models.CharField(max_length=16, choices=DeliveryStatus.choices)
