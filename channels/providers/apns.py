@@ -233,7 +233,7 @@ def _headers(message: OutboundMessage) -> dict[str, str]:
         "apns-expiration": str(int(time.time()) + EXPIRATION_SECONDS),
     }
     if data.get("collapseId"):
-        headers["apns-collapse-id"] = str(data["collapseId"])
+        headers["apns-collapse-id"] = str(data["collapseId"]).strip()
     return headers
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
 
@@ -284,13 +285,30 @@ def _http_client_class() -> type[Any]:
         async def request(self, method: str, url: str, **kwargs: Any) -> Response:
             if self.api_base:
                 url = _rebase(url, self.api_base)
+            headers = dict(kwargs.get("headers") or {})
             auth = kwargs.pop("auth", None)
             if auth is not None:  # as a header: aiohttp deprecates the BasicAuth the SDK makes
-                kwargs["headers"] = {**(kwargs.get("headers") or {}), **_basic_auth(*auth)}
+                headers.update(_basic_auth(*auth))
+            if isinstance(kwargs.get("data"), dict):
+                # The form encoded here: aiohttp's FormData for a dict costs more per request
+                # (a multipart writer with a random boundary it then does not use).
+                kwargs["data"] = urlencode(kwargs["data"], doseq=True).encode()
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+            kwargs["headers"] = headers
             response: Response = await super().request(method, url, **kwargs)
             if response.status_code >= 400 and response.headers:
                 _retry_after.set(retry_after_seconds(response.headers.get("Retry-After")))
             return response
+
+        # The SDK formats every request and answer (headers included) for INFO records even
+        # when nobody listens at INFO: only when someone does.
+        def log_request(self, kwargs: dict[str, Any]) -> None:
+            if self.logger.isEnabledFor(logging.INFO):
+                super().log_request(kwargs)
+
+        def log_response(self, status_code: int, response: Any) -> None:
+            if self.logger.isEnabledFor(logging.INFO):
+                super().log_response(status_code, response)
 
     return HttpClient
 
