@@ -98,7 +98,11 @@ SELECT c.id, c.channel, c.attempts, c.content, c.results, c.provider,
       ORDER BY d.id) FROM preferences_device d
     WHERE d.recipient_id = r.id AND d.active AND d.platform = ANY(%(platforms)s)) END
 FROM claimed c
-JOIN notifications_notification n ON n.id = c.notification_id
+-- Each claimed row's notification by its primary key, whatever the planner's statistics say:
+-- while a first broadcast fills the table they are stale, and it would rather read every
+-- notification of the event and hash them (OFFSET 0 keeps the subquery from being merged).
+CROSS JOIN LATERAL (SELECT * FROM notifications_notification n0
+  WHERE n0.id = c.notification_id OFFSET 0) n
 JOIN preferences_event e ON e.id = n.event_id
 JOIN preferences_category cat ON cat.id = e.category_id
 LEFT JOIN notifications_broadcast b ON b.id = n.broadcast_id
