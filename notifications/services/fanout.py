@@ -31,7 +31,8 @@ from notifications.models import Broadcast, DeliveryStatus
 from notifications.selectors import event_catalog
 from notifications.services.fanout_plan import Planned, Planner
 from preferences import selectors as recipients
-from preferences.models import Priority, Recipient
+from preferences.models import Priority
+from preferences.selectors import AudienceMember
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +72,15 @@ def broadcast_fanout_page(*, broadcast_id: uuid.UUID) -> PageOutcome:
     last = len(page) < page_size
     # Decided and rendered before the transaction, so its locks are held for the writes only.
     planner = Planner(catalog, channels, row["data"])
-    ids = {recipient.pk: uuid.uuid4() for recipient in page}
-    plans = {recipient.pk: planner.plan(recipient, ids[recipient.pk]) for recipient in page}
+    ids = {recipient.id: uuid.uuid4() for recipient in page}
+    plans = {recipient.id: planner.plan(recipient, ids[recipient.id]) for recipient in page}
     with transaction.atomic():
         inserted = _insert_notifications(
             broadcast_id=broadcast_id,
             api_key_id=row["api_key_id"],
             event_id=catalog.event.pk,
             data=row["data"],
-            page=[(ids[recipient.pk], recipient) for recipient in page],
+            page=[(ids[recipient.id], recipient) for recipient in page],
         )
         queued = _insert_deliveries(
             [
@@ -91,7 +92,7 @@ def broadcast_fanout_page(*, broadcast_id: uuid.UUID) -> PageOutcome:
         moved = _advance(
             broadcast_id,
             from_cursor=cursor,
-            to_cursor=page[-1].pk if page else cursor,
+            to_cursor=page[-1].id if page else cursor,
             added=len(inserted),
             last=last,
         )
@@ -124,7 +125,7 @@ def _insert_notifications(
     api_key_id: str,
     event_id: int,
     data: dict[str, Any],
-    page: list[tuple[uuid.UUID, Recipient]],
+    page: list[tuple[uuid.UUID, AudienceMember]],
 ) -> list[tuple[uuid.UUID, int]]:
     """One multi-row INSERT (arrays unnested server-side: one statement, one round trip,
     whatever the page size); returns (notification id, recipient id) of the rows created."""
@@ -140,7 +141,7 @@ def _insert_notifications(
                 "priority": Priority.BULK.value,
                 "broadcast": broadcast_id,
                 "ids": [str(notification_id) for notification_id, _ in page],
-                "recipient_ids": [recipient.pk for _, recipient in page],
+                "recipient_ids": [recipient.id for _, recipient in page],
                 "external_ids": [recipient.external_id for _, recipient in page],
             },
         )

@@ -22,7 +22,7 @@ from notifications.models import DeliveryStatus, Template
 from notifications.rendering import TemplateRenderError, pick_templates, render_template
 from notifications.selectors import EventCatalog
 from notifications.services import planning
-from preferences.models import Recipient
+from preferences.selectors import AudienceMember
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +46,16 @@ class Planner:
         self._templates: dict[str, dict[str, Template]] = {}  # by recipient locale
         self._shared: dict[int, dict[str, str] | TemplateRenderError] = {}  # by template id
 
-    def plan(self, recipient: Recipient, notification_id: uuid.UUID) -> list[Planned]:
+    def plan(self, recipient: AudienceMember, notification_id: uuid.UUID) -> list[Planned]:
         event = self._catalog.event
         reasons = planning.skip_reasons(
             planning.Reach(
                 email=recipient.email,
-                phone=str(recipient.phone) if recipient.phone else None,
-                has_device=bool(recipient.device_platforms),  # type: ignore[attr-defined]
-                email_suppressed=bool(recipient.email_suppressed),  # type: ignore[attr-defined]
-                phone_suppressed=bool(recipient.phone_suppressed),  # type: ignore[attr-defined]
-                rules=recipient.preference_rules,  # type: ignore[attr-defined]
+                phone=recipient.phone or None,
+                has_device=bool(recipient.device_platforms),
+                email_suppressed=recipient.email_suppressed,
+                phone_suppressed=recipient.phone_suppressed,
+                rules=recipient.preference_rules,
             ),
             channels=self._channels,
             category_id=event.category_id,
@@ -87,7 +87,7 @@ class Planner:
         return self._templates[locale]
 
     def _render(
-        self, template: Template, recipient: Recipient, notification_id: uuid.UUID
+        self, template: Template, recipient: AudienceMember, notification_id: uuid.UUID
     ) -> dict[str, str]:
         context: dict[str, Any] = {**self._data, "data": self._data}
         context["event"] = self._catalog.event.key
