@@ -1,4 +1,4 @@
-"""Writes about recipients: profile upsert, erasure, devices, preference rules."""
+"""Writes about recipients: profile upsert and deletion, devices, preference rules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from preferences import selectors, tokens
@@ -35,35 +34,11 @@ def recipient_upsert(*, external_id: str, **profile: Any) -> tuple[Recipient, bo
     return Recipient.objects.update_or_create(external_id=external_id, defaults=defaults)
 
 
-@transaction.atomic
-def recipient_erase(*, recipient: Recipient) -> None:
-    """Erase personal data: the profile, devices, rules and inbox go; the log stays, anonymous.
-
-    Notification rows keep their event and delivery statuses (for statistics and audits) but
-    lose the payload, the rendered content, per-device results (tokens), provider error texts
-    (which quote addresses) and the link to the person. The stored accept answer (the
-    notification id and each channel's status) holds nothing personal and stays, so a caller
-    retrying an old request with its idempotency key still gets the same answer. Suppressions
-    are kept: they exist so that an address is never written to again.
-    """
-    from notifications.models import Delivery, FailedDelivery, Notification
-
-    notifications = Notification.objects.filter(recipient=recipient)
-    deliveries = Delivery.objects.filter(notification__in=notifications)
-    FailedDelivery.objects.filter(delivery__in=deliveries).update(error_message="", traceback="")
-    deliveries.update(
-        content={},
-        results={},
-        last_error="",
-        # Statuses and times stay; what a provider said (errors, ids, receipts' details) goes.
-        history=RawSQL(
-            "(SELECT COALESCE(jsonb_agg(entry - 'error' - 'detail' - 'messageId'), '[]')"
-            " FROM jsonb_array_elements(history) AS entry)",
-            (),
-        ),
-    )
-    notifications.update(data={}, external_user_id="")
-    recipient.delete()  # cascades to devices, preferences and inbox messages
+def recipient_delete(*, recipient: Recipient) -> None:
+    """Delete the profile with its devices, preference rules, topic subscriptions and inbox
+    messages (cascades). The notification log is anonymized first by its own app:
+    ``notifications.services.erasure`` is the erasure; this is its last step."""
+    recipient.delete()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from notifications.api.requests import StrictRequestMixin
 from notifications.api.views import ERROR_RESPONSE
 from notifications.exceptions import NotFound, RecipientNotFound
 from notifications.models import ApiScope
+from notifications.services import erasure
 from preferences import selectors, services
 from preferences.api.serializers import (
     DEVICE_REGISTRATION_SCHEMA,
@@ -59,7 +60,7 @@ class RecipientView(StrictRequestMixin, APIView):
 
     @extend_schema(responses={204: None, 404: ERROR_RESPONSE}, summary="Erase personal data")
     def delete(self, request: Request, user_id: str) -> Response:
-        services.recipient_erase(recipient=_recipient_or_404(user_id))
+        erasure.recipient_erase(recipient=_recipient_or_404(user_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
