@@ -39,6 +39,7 @@ class OutboundMessage:
     data: dict[str, Any] = field(default_factory=dict)
     # "transactional" or "bulk": the bulk lane gets only a share of a provider's rate limit.
     priority: str = "transactional"
+    category: str = ""  # the event's category, by key (the inbox files messages by it)
 
 
 @dataclass(frozen=True)

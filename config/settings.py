@@ -26,6 +26,9 @@ def env_secret(name: str, default: str = "") -> str:
 
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # noqa: S105 (dev default only)
 SECRET_KEY = env.str("SECRET_KEY", default=DEV_SECRET_KEY)
+# Earlier keys, still accepted for what they signed (recipient tokens, signed links): rotating
+# SECRET_KEY with the old one here logs nobody out; dropping it revokes what it signed.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -49,6 +52,7 @@ INSTALLED_APPS = [
     "django_celery_results",
     "phonenumber_field",
     "anymail",
+    "corsheaders",
     "channels.apps.ChannelsConfig",
     "preferences.apps.PreferencesConfig",
     "notifications.apps.NotificationsConfig",
@@ -56,6 +60,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",  # before anything that may answer (CommonMiddleware)
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -177,6 +182,22 @@ NOTIFY_API_RATE_LIMIT_STORAGE_URL = env.str("NOTIFY_API_RATE_LIMIT_STORAGE_URL",
 NOTIFY_API_RATE_LIMIT_TIMEOUT_SECONDS = env.float(
     "NOTIFY_API_RATE_LIMIT_TIMEOUT_SECONDS", default=0.5
 )
+
+# --- The inbox API: recipient tokens, their rate limit, CORS (docs/inbox.md) -----------------
+# A token's lifetime when the minting call names none, and the most it may name.
+NOTIFY_RECIPIENT_TOKEN_TTL_SECONDS = env.int("NOTIFY_RECIPIENT_TOKEN_TTL_SECONDS", default=3600)
+NOTIFY_RECIPIENT_TOKEN_MAX_TTL_SECONDS = env.int(
+    "NOTIFY_RECIPIENT_TOKEN_MAX_TTL_SECONDS", default=86400
+)
+# Requests per recipient (all its tokens together), in the `limits` notation; empty: none.
+NOTIFY_INBOX_RATE_LIMIT = env.str("NOTIFY_INBOX_RATE_LIMIT", default="20/second;600/minute")
+# The web apps' origins that may call the inbox API from a browser ("https://app.example.com");
+# none by default. Only /api/inbox answers CORS: the service API is not for browsers.
+CORS_ALLOWED_ORIGINS = env.list("NOTIFY_INBOX_CORS_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/api/inbox(/.*)?$"
+CORS_ALLOW_METHODS = ("GET", "POST", "OPTIONS")
+CORS_ALLOW_CREDENTIALS = False  # the token is a header, never a cookie
+CORS_PREFLIGHT_MAX_AGE = 3600
 
 # --- Delivery --------------------------------------------------------------------------------
 # Which provider sends each channel; an empty value means the channel is not configured and

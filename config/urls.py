@@ -4,8 +4,10 @@ from django.urls.converters import get_converters
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from notifications.api import broadcasts as broadcast_views
+from notifications.api import inbox as inbox_views
 from notifications.api import views as notification_views
 from notifications.health import healthz
+from notifications.services.inbox import InboxAction
 from preferences.api import topics as topic_views
 from preferences.api import views as recipient_views
 
@@ -57,6 +59,22 @@ api = [
         "recipients/<user_id:user_id>/preferences",
         recipient_views.PreferencesView.as_view(),
         name="recipient-preferences",
+    ),
+    path(
+        "recipients/<user_id:user_id>/tokens",
+        recipient_views.RecipientTokensView.as_view(),
+        name="recipient-tokens",
+    ),
+    path("inbox", inbox_views.InboxListView.as_view(), name="inbox"),
+    path("inbox/count", inbox_views.InboxCountView.as_view(), name="inbox-count"),
+    path("inbox/read-all", inbox_views.InboxReadAllView.as_view(), name="inbox-read-all"),
+    *(
+        path(
+            f"inbox/<int:message_id>/{action}",
+            inbox_views.InboxActionView.as_view(inbox_action=action),
+            name=f"inbox-{action}",
+        )
+        for action in InboxAction
     ),
     path("suppressions", recipient_views.SuppressionListView.as_view(), name="suppressions"),
     path(

@@ -289,13 +289,13 @@ class FailedDeliveryAdmin(ReadOnlyLogAdmin):
 
 @admin.register(InboxMessage)
 class InboxMessageAdmin(admin.ModelAdmin):
-    list_display = ("recipient", "title", "read_at", "created_at")
+    list_display = ("recipient", "title", "category", "read_at", "archived_at", "created_at")
     search_fields = ("recipient__external_id", "title")
     list_select_related = ("recipient",)
     # Selects listing every recipient and every delivery would not render on a real log.
     raw_id_fields = ("recipient", "delivery")
     readonly_fields = ("created_at",)
-    ordering = ("-created_at",)
+    ordering = ("-id",)
 
 
 # --- broadcasts --------------------------------------------------------------------------

@@ -68,10 +68,20 @@ def check_engine_settings(app_configs: Any = None, **kwargs: Any) -> list[Error 
             f"provider call, NOTIFY_PROVIDER_TIMEOUT_SECONDS + NOTIFY_RATE_LIMIT_MAX_WAIT_SECONDS "
             f"+ 1 = {longest_call + 1:g}."
         )
-    text = str(settings.NOTIFY_API_RATE_LIMIT)
-    problem = text and limit_problem("NOTIFY_API_RATE_LIMIT", text)
-    if problem:
-        problems.append(problem)
+    for name in ("NOTIFY_API_RATE_LIMIT", "NOTIFY_INBOX_RATE_LIMIT"):
+        text = str(getattr(settings, name))
+        problem = text and limit_problem(name, text)
+        if problem:
+            problems.append(problem)
+    if not (
+        60
+        <= settings.NOTIFY_RECIPIENT_TOKEN_TTL_SECONDS
+        <= settings.NOTIFY_RECIPIENT_TOKEN_MAX_TTL_SECONDS
+    ):
+        problems.append(
+            "NOTIFY_RECIPIENT_TOKEN_TTL_SECONDS must be at least 60 and at most "
+            "NOTIFY_RECIPIENT_TOKEN_MAX_TTL_SECONDS."
+        )
     problem = url_problem(
         "NOTIFY_API_RATE_LIMIT_STORAGE_URL",
         str(settings.NOTIFY_API_RATE_LIMIT_STORAGE_URL),

@@ -268,13 +268,29 @@ class InboxMessage(models.Model):
     title = models.CharField(max_length=998, blank=True, default="")
     body = models.TextField(blank=True, default="")
     url = models.CharField(max_length=2048, blank=True, default="")
+    category = models.CharField(max_length=64, blank=True, default="")  # the event's, by key
     data = models.JSONField(default=dict, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
+    seen_at = models.DateTimeField(null=True, blank=True)
+    archived_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        # The inbox API's reads (notifications.selectors): newest first by id, per recipient;
+        # the unread and unseen ones (the badge counts, the unread filter) by partial indexes.
         indexes = [
-            models.Index(fields=["recipient", "-created_at"], name="inbox_by_recipient"),
+            models.Index(fields=["recipient", "-id"], name="inbox_by_recipient"),
+            models.Index(fields=["recipient", "category", "-id"], name="inbox_by_category"),
+            models.Index(
+                fields=["recipient", "-id"],
+                condition=Q(read_at__isnull=True, archived_at__isnull=True),
+                name="inbox_unread",
+            ),
+            models.Index(
+                fields=["recipient"],
+                condition=Q(seen_at__isnull=True, archived_at__isnull=True),
+                name="inbox_unseen",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -288,6 +304,7 @@ class ApiScope(models.TextChoices):
     BROADCAST = "broadcast", "broadcast: create, follow and cancel broadcasts"
     READ = "read", "read: the notification log (payloads and rendered content)"
     RECIPIENTS = "recipients", "recipients: recipients, devices, preferences, suppressions, topics"
+    TOKENS = "tokens", "tokens: mint and revoke recipient tokens (the inbox API's credentials)"
 
 
 def validate_rate_limit(value: str) -> None:

@@ -7,9 +7,9 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 
-from notifications.models import Delivery, Notification, Template
+from notifications.models import Delivery, InboxMessage, Notification, Template
 from preferences.models import Event
 
 
@@ -83,3 +83,35 @@ def event_catalog(*, key: str) -> EventCatalog | None:
             _catalog_cache.clear()
         _catalog_cache[key] = (now + ttl, entry)
     return entry
+
+
+# --- the inbox API (a recipient's own messages; docs/inbox.md) ------------------------------
+
+
+def inbox_messages(
+    *,
+    recipient_id: int,
+    unread: bool | None = None,
+    archived: bool = False,
+    category: str | None = None,
+) -> QuerySet[InboxMessage]:
+    """A recipient's inbox messages (ordered by the caller's paginator: newest first by id).
+    Archived ones only with ``archived=True``. Each filter has its index (models.InboxMessage)."""
+    messages = InboxMessage.objects.filter(
+        recipient_id=recipient_id, archived_at__isnull=not archived
+    )
+    if unread is not None:
+        messages = messages.filter(read_at__isnull=unread)
+    if category is not None:
+        messages = messages.filter(category=category)
+    return messages
+
+
+def inbox_counts(*, recipient_id: int) -> dict[str, int]:
+    """Unread and unseen messages, archived ones left out: two index-only counts (the partial
+    indexes inbox_unread and inbox_unseen) in one query."""
+    counts = InboxMessage.objects.filter(recipient_id=recipient_id, archived_at__isnull=True)
+    return counts.aggregate(
+        unread=Count("pk", filter=Q(read_at__isnull=True)),
+        unseen=Count("pk", filter=Q(seen_at__isnull=True)),
+    )

@@ -17,6 +17,8 @@ class Recipient(models.Model):
     phone = PhoneNumberField(blank=True, null=True, help_text="E.164, e.g. +14155550100")
     locale = models.CharField(max_length=35, blank=True, default="")
     timezone = models.CharField(max_length=64, blank=True, default="")
+    # Carried by each recipient token (preferences.access): raising it revokes them all.
+    token_generation = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -36,6 +36,16 @@ WHERE r.external_id = %s
 """
 
 
+def recipient_of_token(*, recipient_id: int, generation: int) -> str | None:
+    """The userId of the recipient a token names, if it exists and the token's generation is
+    still its own (preferences.access); one primary-key read."""
+    return (
+        Recipient.objects.filter(pk=recipient_id, token_generation=generation)
+        .values_list("external_id", flat=True)
+        .first()
+    )
+
+
 def recipient_get(*, external_id: str) -> Recipient | None:
     """The recipient with, from the same query, ``email_suppressed`` / ``phone_suppressed``
     and its preference rules as ``preference_rules`` (dicts of category_id, channel, enabled)."""

@@ -8,9 +8,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from preferences import selectors, tokens
+from preferences import access, selectors, tokens
 from preferences.models import (
     Category,
     Device,
@@ -32,6 +33,18 @@ def recipient_upsert(*, external_id: str, **profile: Any) -> tuple[Recipient, bo
         "timezone": profile.get("timezone", ""),
     }
     return Recipient.objects.update_or_create(external_id=external_id, defaults=defaults)
+
+
+def recipient_token_mint(*, recipient: Recipient, ttl_seconds: int) -> tuple[str, int]:
+    """A recipient token for a client app, and its expiry (Unix time): preferences.access."""
+    return access.token_mint(
+        recipient_id=recipient.pk, generation=recipient.token_generation, ttl_seconds=ttl_seconds
+    )
+
+
+def recipient_tokens_revoke(*, recipient: Recipient) -> None:
+    """Every token minted for the recipient so far stops working (the next ones work)."""
+    Recipient.objects.filter(pk=recipient.pk).update(token_generation=F("token_generation") + 1)
 
 
 def recipient_delete(*, recipient: Recipient) -> None:

@@ -9,7 +9,7 @@ from rest_framework_api_key.models import APIKey
 
 from channels.base import Channel
 from devtools.fakes.apns import device_token as apns_device_token
-from notifications.models import Delivery, DeliveryStatus, Notification, Template
+from notifications.models import Delivery, DeliveryStatus, InboxMessage, Notification, Template
 from notifications.services.api_keys import ALL_SCOPES, api_key_create
 from preferences.models import Category, Device, Event, Preference, Recipient
 
@@ -119,3 +119,15 @@ def create_api_key(
 ) -> tuple[APIKey, str]:
     """A key with every scope unless told otherwise, as `manage.py create_api_key` makes."""
     return api_key_create(name=name, scopes=scopes, rate_limit=rate_limit)
+
+
+class InboxMessageFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = InboxMessage
+
+    recipient = factory.SubFactory(RecipientFactory)
+    title = factory.Sequence(lambda n: f"Message {n}")
+    body = "Your order is on its way."
+    url = "https://shop.example.com/orders/1"
+    category = "orders"
+    data = factory.LazyFunction(lambda: {"orderId": "1"})

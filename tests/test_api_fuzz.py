@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -39,10 +40,12 @@ from schemathesis.specs.openapi.checks import (
 from channels.base import Channel
 from config.wsgi import application
 from notifications.api.pagination import signed_cursor
-from preferences.models import Event, Topic, TopicSubscription
+from preferences import access
+from preferences.models import Event, Recipient, Topic, TopicSubscription
 from tests.factories import (
     DeliveryFactory,
     DeviceFactory,
+    InboxMessageFactory,
     NotificationFactory,
     PreferenceFactory,
     RecipientFactory,
@@ -50,8 +53,8 @@ from tests.factories import (
 
 pytestmark = pytest.mark.django_db
 
-# Per operation, valid and invalid together, plus the coverage phase's boundary cases: 22
-# operations, about 3,000 requests, about a minute here.
+# Per operation, valid and invalid together, plus the coverage phase's boundary cases: 32
+# operations, about 4,000 requests, about a minute here.
 EXAMPLES_PER_OPERATION = 60
 
 # A schema-valid request may name nothing (404), a key used with another body (409), or an event
@@ -75,10 +78,12 @@ CHECKS = [
 
 NOTIFICATION_ID = "0b6f2f9e-5c1a-4d8e-9a51-3f2b7c9d1e42"
 DEVICE_ID = 900_000_001
+INBOX_MESSAGE_ID = 900_000_002
 SEEDED_PATH_PARAMETERS: dict[str, object] = {
     "user_id": "u-42",
     "notification_id": NOTIFICATION_ID,
     "device_id": DEVICE_ID,
+    "message_id": INBOX_MESSAGE_ID,
     "key": "product-news",
 }
 
@@ -106,6 +111,11 @@ def connection_kept_open() -> Iterator[None]:
 
 
 @pytest.fixture
+def no_inbox_rate_limit(settings: Any) -> None:
+    settings.NOTIFY_INBOX_RATE_LIMIT = ""  # the fuzzer calls as one recipient, fast
+
+
+@pytest.fixture
 def seeded(order_shipped: Event, security_code: Event) -> None:
     """A little of everything, so that valid requests reach past the lookups."""
     recipient = RecipientFactory(external_id="u-42")
@@ -115,6 +125,7 @@ def seeded(order_shipped: Event, security_code: Event) -> None:
     DeliveryFactory(notification=notification)
     topic = Topic.objects.create(key="product-news", name="Product news")
     TopicSubscription.objects.create(topic=topic, recipient=recipient)
+    InboxMessageFactory(id=INBOX_MESSAGE_ID, recipient=recipient)
 
 
 # Loaded when the module is collected (pytest-django has set Django up by then); the schema
@@ -166,6 +177,7 @@ def test_every_operation_answers_as_documented(
     seeded: None,
     api_key: tuple[APIKey, str],
     connection_kept_open: None,
+    no_inbox_rate_limit: None,
 ) -> None:
     checks = CHECKS
     if is_schema_valid(case):
@@ -175,7 +187,18 @@ def test_every_operation_answers_as_documented(
         # The coverage phase labels some cases positive while one of their components is not
         # (a near-boundary header with the body 0): nothing to accept there.
         checks = [check for check in CHECKS if check is not positive_data_acceptance]
-    case.call_and_validate(headers={"Authorization": f"Api-Key {api_key[1]}"}, checks=checks)
+    case.call_and_validate(headers={"Authorization": credentials(case, api_key)}, checks=checks)
+
+
+def credentials(case: schemathesis.Case, api_key: tuple[APIKey, str]) -> str:
+    """The inbox API takes the seeded recipient's token; everything else the API key."""
+    if not case.path.startswith("/api/inbox"):
+        return f"Api-Key {api_key[1]}"
+    recipient = Recipient.objects.get(external_id="u-42")
+    token, _ = access.token_mint(
+        recipient_id=recipient.pk, generation=recipient.token_generation, ttl_seconds=600
+    )
+    return f"Bearer {token}"
 
 
 def is_schema_valid(case: schemathesis.Case) -> bool:
@@ -241,7 +264,7 @@ def make_schema_valid_case_meaningful(case: schemathesis.Case) -> None:
     if body.get("channel") in ("email", "sms") and "address" in body:
         body["address"] = "gone@example.com" if body["channel"] == "email" else VALID_PHONES[0]
     if case.headers and "Idempotency-Key" in case.headers and "idempotencyKey" in body:
-        case.headers["Idempotency-Key"] = body["idempotencyKey"]
+        body["idempotencyKey"] = case.headers["Idempotency-Key"]  # a header is ASCII, a body not
     if "data" in body:
         body["data"] = without_nul(body["data"])
 

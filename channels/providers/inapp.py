@@ -28,6 +28,7 @@ class InAppProvider:
                     title=message.content.get("subject", ""),
                     body=message.content.get("body", ""),
                     url=message.content.get("url", ""),
+                    category=message.category,
                     data=message.data,
                 )
                 for message in messages

@@ -1,7 +1,9 @@
-"""Per-API-key rate limit, shared by every API process through Redis (the `limits` library).
+"""Rate limits per API key, and per recipient on the inbox API, shared by every API process
+through Redis (the `limits` library).
 
-A key over its limit gets 429 with ``Retry-After`` (notifications.api.errors renders it). The
-limit is NOTIFY_API_RATE_LIMIT, or the key's own ``ApiKeyAccess.rate_limit``. Counting uses a
+A caller over its limit gets 429 with ``Retry-After`` (notifications.api.errors renders it). A
+key's limit is NOTIFY_API_RATE_LIMIT, or its own ``ApiKeyAccess.rate_limit``; a recipient's
+NOTIFY_INBOX_RATE_LIMIT (all its tokens together). Counting uses a
 sliding window counter: two Redis integers per key and one round trip per request, without the
 burst of twice the limit that fixed windows allow across a window boundary.
 """
@@ -88,18 +90,23 @@ class _FailOpen:
 fail_open = _FailOpen()
 
 
-class ApiKeyRateThrottle(BaseThrottle):
+class _RateThrottle(BaseThrottle):
+    """One caller's limits (``_limits``) counted under its ``_identity`` in Redis."""
+
     def __init__(self) -> None:
         self._wait: float | None = None
 
+    def _identity(self, request: Request) -> str | None:
+        raise NotImplementedError
+
+    def _limits(self, request: Request) -> str:
+        raise NotImplementedError
+
     def allow_request(self, request: Request, view: Any) -> bool:
-        api_key = request.auth
-        if not isinstance(api_key, APIKey) or fail_open.active():
+        identity = self._identity(request)
+        if identity is None or fail_open.active():
             return True
-        access = getattr(api_key, "access", None)
-        text = (access.rate_limit if access is not None else "") or str(
-            settings.NOTIFY_API_RATE_LIMIT
-        )
+        text = self._limits(request)
         if not text:  # "" disables the limit
             return True
         try:
@@ -110,8 +117,8 @@ class ApiKeyRateThrottle(BaseThrottle):
             return True
         try:
             for item in items:
-                if not limiter.hit(item, api_key.prefix):
-                    reset_at = limiter.get_window_stats(item, api_key.prefix).reset_time
+                if not limiter.hit(item, identity):
+                    reset_at = limiter.get_window_stats(item, identity).reset_time
                     self._wait = max(1.0, math.ceil(reset_at - time.time()))
                     return False
         except StorageError as exc:
@@ -120,3 +127,26 @@ class ApiKeyRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return self._wait
+
+
+class ApiKeyRateThrottle(_RateThrottle):
+    def _identity(self, request: Request) -> str | None:
+        api_key = request.auth
+        return api_key.prefix if isinstance(api_key, APIKey) else None
+
+    def _limits(self, request: Request) -> str:
+        access = getattr(request.auth, "access", None)
+        return (access.rate_limit if access is not None else "") or str(
+            settings.NOTIFY_API_RATE_LIMIT
+        )
+
+
+class RecipientRateThrottle(_RateThrottle):
+    """The inbox API's: per recipient, whichever of its tokens (and devices) calls."""
+
+    def _identity(self, request: Request) -> str | None:
+        recipient_id = getattr(request.user, "recipient_id", None)
+        return None if recipient_id is None else f"recipient:{recipient_id}"
+
+    def _limits(self, request: Request) -> str:
+        return str(settings.NOTIFY_INBOX_RATE_LIMIT)

@@ -54,6 +54,7 @@ class Claimed:
     event: str
     category_id: int
     critical: bool
+    category: str  # its key
     broadcast_status: str | None
     recipient_id: int | None
     external_id: str
@@ -84,7 +85,7 @@ WITH claimed AS (
   RETURNING id, notification_id, channel, content, results, attempts, provider
 )
 SELECT c.id, c.channel, c.attempts, c.content, c.results, c.provider,
-  n.id::text, n.data, n.priority, e.key, e.category_id, cat.critical, b.status,
+  n.id::text, n.data, n.priority, e.key, e.category_id, cat.critical, cat.key, b.status,
   r.id, r.external_id, r.email, r.phone, r.locale,
   COALESCE((SELECT jsonb_agg(jsonb_build_object(
       'category_id', p.category_id, 'channel', p.channel, 'enabled', p.enabled))
@@ -218,6 +219,7 @@ def decide(delivery: Claimed) -> OutboundMessage | ProviderResult | str:
         content=delivery.content,
         data=delivery.data,
         priority=delivery.priority,
+        category=delivery.category,
     )
 
 

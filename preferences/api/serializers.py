@@ -4,6 +4,7 @@ import functools
 import zoneinfo
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -217,3 +218,29 @@ class SuppressionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerialize
         except serializers.ValidationError as exc:
             raise serializers.ValidationError({"address": exc.detail}) from exc
         return attrs
+
+
+class _StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: DRF's would take "60", 60.0 and true as well."""
+
+    default_error_messages = {"invalid": "Must be a JSON integer."}
+
+    def to_internal_value(self, data: Any) -> int:
+        if not isinstance(data, int) or isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)  # type: ignore[no-any-return]
+
+
+class RecipientTokenRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):  # type: ignore[type-arg]
+    expiresIn = _StrictIntegerField(
+        required=False,
+        min_value=60,
+        max_value=settings.NOTIFY_RECIPIENT_TOKEN_MAX_TTL_SECONDS,
+        help_text="Seconds the token is valid; default NOTIFY_RECIPIENT_TOKEN_TTL_SECONDS.",
+    )
+
+
+class RecipientTokenSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    userId = serializers.CharField()
+    token = serializers.CharField(help_text="`Authorization: Bearer <token>` on /api/inbox.")
+    expiresAt = serializers.DateTimeField()

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
@@ -22,6 +24,8 @@ from preferences.api.serializers import (
     DeviceSerializer,
     PreferencesSerializer,
     RecipientSerializer,
+    RecipientTokenRequestSerializer,
+    RecipientTokenSerializer,
     SuppressionSerializer,
     preference_representation,
 )
@@ -61,6 +65,40 @@ class RecipientView(StrictRequestMixin, APIView):
     @extend_schema(responses={204: None, 404: ERROR_RESPONSE}, summary="Erase personal data")
     def delete(self, request: Request, user_id: str) -> Response:
         erasure.recipient_erase(recipient=_recipient_or_404(user_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RecipientTokensView(StrictRequestMixin, APIView):
+    """Credentials for a client app to read this recipient's inbox (docs/inbox.md)."""
+
+    required_scope = ApiScope.TOKENS
+
+    @extend_schema(
+        request=RecipientTokenRequestSerializer,
+        responses={201: RecipientTokenSerializer, 400: ERROR_RESPONSE, 404: ERROR_RESPONSE},
+        summary="Mint a recipient token for the inbox API",
+    )
+    def post(self, request: Request, user_id: str) -> Response:
+        recipient = _recipient_or_404(user_id)
+        serializer = RecipientTokenRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        ttl = serializer.validated_data.get(
+            "expiresIn", settings.NOTIFY_RECIPIENT_TOKEN_TTL_SECONDS
+        )
+        token, expires_at = services.recipient_token_mint(recipient=recipient, ttl_seconds=ttl)
+        body = {
+            "userId": recipient.external_id,
+            "token": token,
+            "expiresAt": datetime.fromtimestamp(expires_at, tz=UTC),
+        }
+        return Response(RecipientTokenSerializer(body).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        responses={204: None, 404: ERROR_RESPONSE},
+        summary="Revoke every token minted for this recipient so far",
+    )
+    def delete(self, request: Request, user_id: str) -> Response:
+        services.recipient_tokens_revoke(recipient=_recipient_or_404(user_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -25,7 +25,7 @@ from tests.factories import RecipientFactory, create_api_key
 
 pytestmark = pytest.mark.django_db
 
-NOTIFY, BROADCAST, READ, RECIPIENTS = "notify", "broadcast", "read", "recipients"
+NOTIFY, BROADCAST, READ, RECIPIENTS, TOKENS = "notify", "broadcast", "read", "recipients", "tokens"
 SOME_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 
 # Every operation of the API and the scope it needs (SECURITY.md has the same table).
@@ -52,6 +52,16 @@ OPERATIONS = [
     ("get", "/api/topics/news/subscribers", RECIPIENTS),
     ("post", "/api/topics/news/subscribers", RECIPIENTS),
     ("delete", "/api/topics/news/subscribers", RECIPIENTS),
+    ("post", "/api/recipients/u-1/tokens", TOKENS),
+    ("delete", "/api/recipients/u-1/tokens", TOKENS),
+]
+
+# The inbox API takes a recipient token, never an API key (tests/notifications/test_inbox_api.py).
+RECIPIENT_OPERATIONS = [
+    ("get", "/api/inbox"),
+    ("get", "/api/inbox/count"),
+    ("post", "/api/inbox/read-all"),
+    *(("post", f"/api/inbox/1/{a}") for a in ("read", "unread", "seen", "archive", "unarchive")),
 ]
 
 
@@ -67,9 +77,20 @@ def test_every_api_operation_is_in_the_table(client):
         for method in item
     ]
 
-    assert len(documented) == len(OPERATIONS)
+    known = [(m, p) for m, p, _ in OPERATIONS] + RECIPIENT_OPERATIONS
+    assert len(documented) == len(known)
     for method, pattern in documented:
-        assert any(m == method and pattern.fullmatch(p) for m, p, _ in OPERATIONS), pattern
+        assert any(m == method and pattern.fullmatch(p) for m, p in known), pattern
+
+
+@pytest.mark.parametrize(("method", "path"), RECIPIENT_OPERATIONS)
+def test_no_api_key_opens_the_inbox_api(limited_api_client, method, path):
+    every_scope = limited_api_client(*ALL_SCOPES)
+
+    refused = _call(every_scope, method, path)
+
+    assert refused.status_code == 401
+    assert refused["WWW-Authenticate"] == "Bearer"
 
 
 @pytest.mark.parametrize(("method", "path", "scope"), OPERATIONS)
@@ -213,5 +234,6 @@ def test_keys_made_before_scopes_existed_get_every_scope():
 
     migration.give_existing_keys_every_scope(apps, None)
 
-    assert ApiKeyAccess.objects.get(api_key=old).scopes == list(ApiScope.values)
-    assert migration.ALL_SCOPES_AT_INTRODUCTION == list(ApiScope.values)
+    # Every scope there was; a scope added since (tokens) is given by an operator, not assumed.
+    assert ApiKeyAccess.objects.get(api_key=old).scopes == [NOTIFY, BROADCAST, READ, RECIPIENTS]
+    assert migration.ALL_SCOPES_AT_INTRODUCTION == [NOTIFY, BROADCAST, READ, RECIPIENTS]

@@ -135,3 +135,21 @@ def test_sweep_run_by_beat_task_recovers_a_lost_message(
     assert found.status == DeliveryStatus.SENT
     assert found.history[0]["reason"] == "lease_expired"
     assert InboxMessage.objects.get(delivery=found).body == "found again"
+
+
+def test_an_inapp_delivery_reaches_the_recipients_app(api_client, order_shipped, workers):
+    recipient = RecipientFactory()
+
+    accepted = _notify(api_client, recipient.external_id, channels=["inapp"])
+    wait_for(lambda: settled_delivery(accepted["id"], "inapp"), what="inapp delivery")
+
+    minted = api_client.post(
+        f"/api/recipients/{recipient.external_id}/tokens", {}, format="json"
+    ).json()
+    app = api_client.__class__()
+    app.credentials(HTTP_AUTHORIZATION=f"Bearer {minted['token']}")
+    (message,) = app.get("/api/inbox").json()["results"]
+    assert message["title"] == "Order 77 shipped"
+    assert message["category"] == "orders"  # the event's
+    assert message["data"] == {"orderId": "77"}
+    assert app.get("/api/inbox/count").json() == {"unread": 1, "unseen": 1}
