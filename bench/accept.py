@@ -492,6 +492,11 @@ def machine_facts() -> dict[str, Any]:
         check=False,
     ).stdout.strip()
     pg_version = bench_db_query("SHOW server_version")[0]
+    # What a run's PostgreSQL figures depend on most; a deployment's would be tuned.
+    pg_settings = {
+        name: bench_db_query(f"SHOW {name}")[0]
+        for name in ("autovacuum", "shared_buffers", "max_wal_size", "checkpoint_timeout")
+    }
     return {
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "nproc": len(os.sched_getaffinity(0)),
@@ -503,6 +508,7 @@ def machine_facts() -> dict[str, Any]:
         "djangorestframework": importlib.metadata.version("djangorestframework"),
         "gunicorn": importlib.metadata.version("gunicorn"),
         "postgresql": pg_version,
+        "postgresql_settings": pg_settings,
         "redis": redis.Redis.from_url(BROKER_URL, socket_timeout=5).info("server")["redis_version"],
         "git_commit": commit,
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],

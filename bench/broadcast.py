@@ -565,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
         seeded = data.seed(DB_NAME, args.recipients)
         say(f"seeded in {seeded['seconds']} s ({seeded['recipients_per_s']:,} recipients/s)")
         facts = accept.machine_facts()
+        if facts["postgresql_settings"]["autovacuum"] != "on":
+            say(
+                "warning: autovacuum is off on this PostgreSQL: dead rows pile up and the "
+                "statistics go stale, which no deployment has (bench/README.md says how to turn "
+                "it on)"
+            )
 
         server.start(deadline)
         start_workers(sup, plan, run_dir)

@@ -18,7 +18,7 @@ class Recipient(models.Model):
     locale = models.CharField(max_length=35, blank=True, default="")
     timezone = models.CharField(max_length=64, blank=True, default="")
     # Carried by each recipient token (preferences.access): raising it revokes them all.
-    token_generation = models.PositiveIntegerField(default=0, editable=False)
+    token_generation = models.PositiveIntegerField(default=0, db_default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
