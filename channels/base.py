@@ -40,6 +40,8 @@ class OutboundMessage:
     # "transactional" or "bulk": the bulk lane gets only a share of a provider's rate limit.
     priority: str = "transactional"
     category: str = ""  # the event's category, by key (the inbox files messages by it)
+    # E-mail of a non-critical category: the signed one-click unsubscribe link (RFC 8058).
+    unsubscribe_url: str = ""
 
 
 @dataclass(frozen=True)

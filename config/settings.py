@@ -199,6 +199,15 @@ CORS_ALLOW_METHODS = ("GET", "POST", "OPTIONS")
 CORS_ALLOW_CREDENTIALS = False  # the token is a header, never a cookie
 CORS_PREFLIGHT_MAX_AGE = 3600
 
+# --- One-click unsubscribe (RFC 8058) in every non-critical e-mail (docs/unsubscribe.md) ------
+# The service's public base URL, as recipients' mail providers reach it
+# ("https://notify.example.com"). Empty: no List-Unsubscribe header (a warning says so).
+NOTIFY_PUBLIC_URL = env.str("NOTIFY_PUBLIC_URL", default="").rstrip("/")
+# Also a mailto: unsubscribe address in the header, for clients without HTTPS support.
+NOTIFY_UNSUBSCRIBE_MAILTO = env.str("NOTIFY_UNSUBSCRIBE_MAILTO", default="")
+# How long a link in an e-mail keeps working.
+NOTIFY_UNSUBSCRIBE_LINK_DAYS = env.int("NOTIFY_UNSUBSCRIBE_LINK_DAYS", default=90)
+
 # --- Delivery --------------------------------------------------------------------------------
 # Which provider sends each channel; an empty value means the channel is not configured and
 # its deliveries are recorded as skipped with reason "channel_not_configured".

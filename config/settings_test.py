@@ -23,6 +23,8 @@ os.environ.setdefault("NOTIFY_GUARD_REDIS_RETRY_SECONDS", "0")
 # Tests read a broadcast's progress right after changing it; the shared count has its own test.
 os.environ.setdefault("NOTIFY_BROADCAST_PROGRESS_MIN_AGE_SECONDS", "0")
 os.environ.setdefault("NOTIFY_BROADCAST_PROGRESS_RECOUNT_FACTOR", "0")
+# Every test e-mail carries its unsubscribe link, as a deployment's should.
+os.environ.setdefault("NOTIFY_PUBLIC_URL", "http://testserver")
 
 from config.settings import *  # noqa: F403
 from config.settings import ALLOWED_HOSTS

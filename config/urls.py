@@ -10,6 +10,7 @@ from notifications.health import healthz
 from notifications.services.inbox import InboxAction
 from preferences.api import topics as topic_views
 from preferences.api import views as recipient_views
+from preferences.unsubscribe import unsubscribe
 
 
 class UserIdConverter:
@@ -106,6 +107,7 @@ api = [
 urlpatterns = [
     path("api/", include(api)),
     path("healthz", healthz, name="healthz"),
+    path("unsubscribe/<str:token>", unsubscribe, name="unsubscribe"),
     path("webhooks/", include("channels.urls")),
     path("admin/", admin.site.urls),
 ]

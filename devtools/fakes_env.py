@@ -138,6 +138,8 @@ def prepare(run_dir: Path, *, api_port: int, ports: Mapping[str, int]) -> Wiring
         "ANYMAIL_POSTMARK_API_URL": f"http://127.0.0.1:{ports['postmark']}/",
         "ANYMAIL_WEBHOOK_SECRET": webhook_secret,
         "DEFAULT_FROM_EMAIL": FROM_EMAIL,
+        # Where the e-mails' one-click unsubscribe links point (the API behind nginx).
+        "NOTIFY_PUBLIC_URL": api,
     }
     env_file = run_dir / "providers.env"
     _write_secret(env_file, "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))

@@ -38,6 +38,7 @@ _NUMBERS: tuple[tuple[str, float, bool], ...] = (
     ("NOTIFY_RETENTION_BATCH", 1, True),
     ("NOTIFY_RETENTION_INTERVAL_SECONDS", 1, True),
     ("NOTIFY_RETENTION_TIME_BUDGET_SECONDS", 0, False),
+    ("NOTIFY_UNSUBSCRIBE_LINK_DAYS", 1, True),
 )
 
 
@@ -90,7 +91,21 @@ def check_engine_settings(app_configs: Any = None, **kwargs: Any) -> list[Error 
     )
     if problem:
         problems.append(problem)
+    if settings.NOTIFY_PUBLIC_URL:
+        problem = url_problem(
+            "NOTIFY_PUBLIC_URL", str(settings.NOTIFY_PUBLIC_URL), {"http", "https"}
+        )
+        if problem:
+            problems.append(problem)
     found: list[Error | Warning] = [Error(problem, id="notifications.E001") for problem in problems]
+    if not settings.NOTIFY_PUBLIC_URL and settings.NOTIFY_PROVIDERS.get("email"):
+        found.append(
+            Warning(
+                "NOTIFY_PUBLIC_URL is not set: e-mails go out without a one-click unsubscribe "
+                "link (List-Unsubscribe), which Gmail and Yahoo require of bulk senders.",
+                id="notifications.W002",
+            )
+        )
     if settings.NOTIFY_RETENTION_TIME_BUDGET_SECONDS >= settings.NOTIFY_RETENTION_INTERVAL_SECONDS:
         found.append(
             Warning(

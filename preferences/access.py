@@ -1,4 +1,7 @@
-"""Recipient tokens: what a client app (a browser, a phone) shows to read one recipient's inbox.
+"""Signed credentials of one recipient: the tokens a client app shows to read the inbox, and
+the links in an e-mail that opt the recipient out of a category (below).
+
+Recipient tokens: what a client app (a browser, a phone) shows to read one recipient's inbox.
 
 The calling service mints one with its API key (``POST /api/recipients/{userId}/tokens``) and
 hands it to the app; the app never holds an API key. A token is Django's signed value
@@ -15,7 +18,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core import signing
+from django.urls import reverse
 
 _SALT = "preferences.access.recipient-token"
 
@@ -61,3 +66,63 @@ def _integer(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError("not an integer")
     return value
+
+
+# --- unsubscribe links (RFC 8058 one-click, and the page they open) -------------------------
+
+_UNSUBSCRIBE_SALT = "preferences.access.unsubscribe"
+
+
+class InvalidLink(Exception):
+    """Malformed, tampered with or signed with an unknown key."""
+
+
+class ExpiredLink(Exception):
+    """Genuine, but older than ``NOTIFY_UNSUBSCRIBE_LINK_DAYS``."""
+
+
+@dataclass(frozen=True)
+class UnsubscribeClaims:
+    recipient_id: int
+    category: str  # the category's key
+    channel: str
+
+
+def unsubscribe_token(*, recipient_id: int, category: str, channel: str) -> str:
+    """A signed, timestamped value naming whom to opt out of what (no expiry inside: the age
+    is checked when it is used, so a change of the setting applies to every link)."""
+    return signing.dumps({"r": recipient_id, "k": category, "c": channel}, salt=_UNSUBSCRIBE_SALT)
+
+
+def unsubscribe_verify(token: str, *, max_age_days: int) -> UnsubscribeClaims:
+    try:
+        payload = signing.loads(token, salt=_UNSUBSCRIBE_SALT, max_age=max_age_days * 86400)
+    except signing.SignatureExpired as exc:
+        raise ExpiredLink(str(exc)) from exc
+    except (signing.BadSignature, ValueError, UnicodeError) as exc:
+        raise InvalidLink("bad signature") from exc
+    try:
+        claims = UnsubscribeClaims(
+            recipient_id=_integer(payload["r"]),
+            category=_string(payload["k"]),
+            channel=_string(payload["c"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise InvalidLink("unknown format") from exc
+    return claims
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+def unsubscribe_url(*, recipient_id: int, category: str, channel: str) -> str:
+    """The public URL of the unsubscribe page for this recipient, category and channel; "" when
+    NOTIFY_PUBLIC_URL is not set (no link can be made that a mail provider could reach)."""
+    base = str(settings.NOTIFY_PUBLIC_URL)
+    if not base:
+        return ""
+    token = unsubscribe_token(recipient_id=recipient_id, category=category, channel=channel)
+    return base + reverse("unsubscribe", kwargs={"token": token})

@@ -124,6 +124,26 @@ class Rule:
     enabled: bool
 
 
+def preference_opt_out(*, recipient_id: int, category_key: str, channel: str) -> bool:
+    """The recipient's rule for (category, channel) set to off, created or updated in one
+    statement (two clicks at once cannot collide). False if the recipient or the category is
+    gone (erased, or the category removed since the link was made)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO preferences_preference (recipient_id, category_id, channel, enabled,
+                                                updated_at)
+            SELECT r.id, c.id, %(channel)s, false, now()
+            FROM preferences_recipient r, preferences_category c
+            WHERE r.id = %(recipient)s AND c.key = %(category)s
+            ON CONFLICT ON CONSTRAINT preference_unique_rule
+            DO UPDATE SET enabled = false, updated_at = now()
+            """,
+            {"recipient": recipient_id, "category": category_key, "channel": channel},
+        )
+        return cursor.rowcount == 1
+
+
 @transaction.atomic
 def preferences_replace(*, recipient: Recipient, rules: list[Rule]) -> list[Preference]:
     """Replace all of a recipient's rules at once (PUT semantics)."""

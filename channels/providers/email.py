@@ -62,7 +62,7 @@ class EmailProvider:
             body=content.get("body", ""),
             from_email=sender(),
             to=[address],
-            headers={"Message-ID": msgid},
+            headers={"Message-ID": msgid, **email_batch.unsubscribe_headers(message)},
         )
         if content.get("html"):
             email.attach_alternative(content["html"], "text/html")

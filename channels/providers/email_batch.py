@@ -51,6 +51,20 @@ def check_batch_size(provider: str) -> list[str]:
     return []
 
 
+def unsubscribe_headers(message: OutboundMessage) -> dict[str, str]:
+    """RFC 2369 / RFC 8058 headers for a message that carries an unsubscribe link: what Gmail
+    and Yahoo require of bulk senders, and what shows the mail client's unsubscribe button."""
+    if not message.unsubscribe_url:
+        return {}
+    links = [f"<{message.unsubscribe_url}>"]
+    if settings.NOTIFY_UNSUBSCRIBE_MAILTO:
+        links.append(f"<mailto:{settings.NOTIFY_UNSUBSCRIBE_MAILTO}?subject=unsubscribe>")
+    return {
+        "List-Unsubscribe": ", ".join(links),
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
 def batch_groups(messages: Sequence[OutboundMessage], *, provider: str) -> list[list[int]]:
     """Messages with the same content and distinct addresses share a call, up to the size."""
     size = int(settings.NOTIFY_EMAIL_BATCH_SIZE)
@@ -109,6 +123,14 @@ def send_many(
     email.merge_metadata = {  # type: ignore[attr-defined]
         message.destination.email: {"deliveryId": str(message.delivery_id)} for message in messages
     }
+    # Each recipient's own unsubscribe link (anymail's merge_headers; the batching ESPs have it).
+    merge_headers = {
+        message.destination.email: unsubscribe_headers(message)
+        for message in messages
+        if message.unsubscribe_url
+    }
+    if merge_headers:
+        email.merge_headers = merge_headers  # type: ignore[attr-defined]
     try:
         send(email)
     except AnymailRecipientsRefused:

@@ -32,6 +32,7 @@ from channels.providers import push
 from notifications.models import Broadcast
 from notifications.services import outcomes, planning, sending
 from notifications.services.outcomes import Outcome, Retry
+from preferences import access
 from preferences import selectors as recipients
 from preferences.models import normalize_address
 
@@ -220,6 +221,17 @@ def decide(delivery: Claimed) -> OutboundMessage | ProviderResult | str:
         data=delivery.data,
         priority=delivery.priority,
         category=delivery.category,
+        unsubscribe_url=_unsubscribe_url(delivery),
+    )
+
+
+def _unsubscribe_url(delivery: Claimed) -> str:
+    """Every e-mail of a category the recipient may opt out of carries a one-click link for
+    it; a critical one (a security code) carries none: it cannot be opted out of."""
+    if delivery.channel != Channel.EMAIL or delivery.critical or delivery.recipient_id is None:
+        return ""
+    return access.unsubscribe_url(
+        recipient_id=delivery.recipient_id, category=delivery.category, channel=Channel.EMAIL
     )
 
 

@@ -17,6 +17,7 @@ from devtools.fakes.postmark import FORBIDDEN, FakePostmark
 from notifications.models import Delivery, DeliveryStatus, FailedDelivery
 from notifications.services import engine
 from notifications.tasks import deliver_email_batch
+from preferences import access
 from preferences.models import Suppression
 from tests.channels import guarding
 from tests.channels.test_email_postmark import _point_at
@@ -74,8 +75,18 @@ def test_a_batch_of_the_same_message_is_one_call_and_each_delivery_keeps_its_own
         # Each message names its own delivery (the ESP's webhooks echo it) and no message
         # carries a Message-ID header another one shares.
         assert message["Metadata"] == {"deliveryId": str(ids[message["To"]])}
-        assert "Message-ID" not in {h["Name"] for h in message.get("Headers", [])}
+        headers = {h["Name"]: h["Value"] for h in message.get("Headers", [])}
+        assert "Message-ID" not in headers
         assert message["Subject"] == "News: Dark mode"
+        # Its own one-click unsubscribe link (merge headers), for its own recipient.
+        link = headers["List-Unsubscribe"].strip("<>")
+        assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        token = link.removeprefix("http://testserver/unsubscribe/")
+        claims = access.unsubscribe_verify(token, max_age_days=1)
+        assert (
+            claims.recipient_id
+            == Delivery.objects.get(pk=ids[message["To"]]).notification.recipient_id
+        )
     accepted = {answer["To"]: answer["MessageID"] for answer in call["response"]}
     for address, delivery_id in ids.items():
         delivery = Delivery.objects.get(pk=delivery_id)

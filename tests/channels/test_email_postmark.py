@@ -80,9 +80,13 @@ def test_postmark_receives_exactly_the_message_and_its_id_is_recorded(
     assert headers["content-type"] == "application/json"
     assert headers["accept"] == "application/json"
     assert headers["user-agent"].startswith("django-anymail/")
-    (message_id_header,) = request["json"].pop("Headers")
-    assert message_id_header["Name"] == "Message-ID"
-    assert message_id_header["Value"].endswith("@shop.example>")
+    message_id, unsubscribe, one_click = request["json"].pop("Headers")
+    assert message_id["Name"] == "Message-ID"
+    assert message_id["Value"].endswith("@shop.example>")
+    # RFC 8058: the recipient's signed link, and the one-click POST it accepts.
+    assert unsubscribe["Name"] == "List-Unsubscribe"
+    assert unsubscribe["Value"].startswith("<http://testserver/unsubscribe/")
+    assert one_click == {"Name": "List-Unsubscribe-Post", "Value": "List-Unsubscribe=One-Click"}
     assert request["json"] == {
         "From": "Shop <notify@shop.example>",
         "To": "ana@example.com",

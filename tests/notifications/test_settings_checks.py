@@ -101,3 +101,15 @@ def test_a_process_started_without_the_check_still_answers_requests(
     (logged,) = [r for r in caplog.records if "settings are wrong" in r.getMessage()]
     assert logged.levelno == logging.ERROR
     assert _messages() != []
+
+
+def test_email_without_a_public_url_is_warned_about_and_a_bad_one_refused(settings):
+    settings.NOTIFY_PUBLIC_URL = ""
+    assert "notifications.W002" in {found.id for found in check_engine_settings()}
+
+    settings.NOTIFY_PUBLIC_URL = "notify.example.com"
+    errors = [found.msg for found in check_engine_settings() if found.id == "notifications.E001"]
+    assert any("NOTIFY_PUBLIC_URL" in message for message in errors)
+
+    settings.NOTIFY_PUBLIC_URL = "https://notify.example.com"
+    assert not check_engine_settings()
