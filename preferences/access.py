@@ -15,6 +15,7 @@ erased recipient has none): raising it revokes every token of that recipient at 
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -125,4 +126,10 @@ def unsubscribe_url(*, recipient_id: int, category: str, channel: str) -> str:
     if not base:
         return ""
     token = unsubscribe_token(recipient_id=recipient_id, category=category, channel=channel)
-    return base + reverse("unsubscribe", kwargs={"token": token})
+    return base + _unsubscribe_path() + token
+
+
+@functools.cache
+def _unsubscribe_path() -> str:
+    """The page's path before the token, reversed once (a reverse per e-mail costs 10 µs)."""
+    return reverse("unsubscribe", kwargs={"token": "-"}).removesuffix("-")
