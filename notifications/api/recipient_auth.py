@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
@@ -61,15 +60,3 @@ class RecipientTokenAuthentication(BaseAuthentication):
 class IsRecipient(BasePermission):
     def has_permission(self, request: Request, view: Any) -> bool:
         return isinstance(request.user, RecipientClient)
-
-
-class RecipientTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
-    target_class = "notifications.api.recipient_auth.RecipientTokenAuthentication"
-    name = "RecipientToken"
-
-    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
-        return {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "A recipient token from `POST /api/recipients/{userId}/tokens`.",
-        }

@@ -1,5 +1,6 @@
-"""OpenAPI description of our API-key authentication (drf-spectacular extension), the JSON error
-format and the error answers common to every operation."""
+"""OpenAPI description of our two authentications, API keys and recipient tokens
+(drf-spectacular extensions), the JSON error format and the error answers common to every
+operation."""
 
 from __future__ import annotations
 
@@ -31,6 +32,18 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignor
             "in": "header",
             "name": "Authorization",
             "description": "`Api-Key <key>`; create one with `manage.py create_api_key <name>`.",
+        }
+
+
+class RecipientTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+    target_class = "notifications.api.recipient_auth.RecipientTokenAuthentication"
+    name = "RecipientToken"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A recipient token from `POST /api/recipients/{userId}/tokens`.",
         }
 
 
