@@ -74,6 +74,8 @@ def permissions_from_rules(
     by_scope: dict[tuple[int | None, str | None], bool] = {
         (rule["category_id"], rule["channel"]): rule["enabled"] for rule in rules
     }
+    if not by_scope:  # most recipients: no rule at all
+        return dict.fromkeys(channels, True)
     return {channel: _resolve(by_scope, category_id, channel) for channel in channels}
 
 

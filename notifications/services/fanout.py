@@ -74,18 +74,19 @@ def broadcast_fanout_page(*, broadcast_id: uuid.UUID) -> PageOutcome:
     planner = Planner(catalog, channels, row["data"])
     ids = {recipient.id: uuid.uuid4() for recipient in page}
     plans = {recipient.id: planner.plan(recipient, ids[recipient.id]) for recipient in page}
+    id_texts = {recipient_id: str(notification_id) for recipient_id, notification_id in ids.items()}
     with transaction.atomic():
         inserted = _insert_notifications(
             broadcast_id=broadcast_id,
             api_key_id=row["api_key_id"],
             event_id=catalog.event.pk,
             data=row["data"],
-            page=[(ids[recipient.id], recipient) for recipient in page],
+            page=[(id_texts[recipient.id], recipient) for recipient in page],
         )
         queued = _insert_deliveries(
             [
-                (notification_id, plan)
-                for notification_id, recipient_id in inserted
+                (id_texts[recipient_id], plan)
+                for recipient_id in inserted
                 for plan in plans[recipient_id]
             ]
         )
@@ -115,7 +116,7 @@ SELECT page.id, %(api_key)s, page.recipient_id, page.external_id, %(event)s, %(d
 FROM unnest(%(ids)s::uuid[], %(recipient_ids)s::bigint[], %(external_ids)s::text[])
      AS page(id, recipient_id, external_id)
 ON CONFLICT (broadcast_id, recipient_id) WHERE broadcast_id IS NOT NULL DO NOTHING
-RETURNING id, recipient_id
+RETURNING recipient_id
 """
 
 
@@ -125,10 +126,10 @@ def _insert_notifications(
     api_key_id: str,
     event_id: int,
     data: dict[str, Any],
-    page: list[tuple[uuid.UUID, AudienceMember]],
-) -> list[tuple[uuid.UUID, int]]:
+    page: list[tuple[str, AudienceMember]],
+) -> list[int]:
     """One multi-row INSERT (arrays unnested server-side: one statement, one round trip,
-    whatever the page size); returns (notification id, recipient id) of the rows created."""
+    whatever the page size); returns the recipient ids of the rows created."""
     if not page:
         return []
     with connection.cursor() as cursor:
@@ -140,12 +141,12 @@ def _insert_notifications(
                 "data": json.dumps(data),
                 "priority": Priority.BULK.value,
                 "broadcast": broadcast_id,
-                "ids": [str(notification_id) for notification_id, _ in page],
+                "ids": [notification_id for notification_id, _ in page],
                 "recipient_ids": [recipient.id for _, recipient in page],
                 "external_ids": [recipient.external_id for _, recipient in page],
             },
         )
-        return [(row[0], row[1]) for row in cursor.fetchall()]
+        return [row[0] for row in cursor.fetchall()]
 
 
 _INSERT_DELIVERIES_SQL = """
@@ -168,23 +169,27 @@ RETURNING id, channel, status
 """
 
 
-def _insert_deliveries(rows: list[tuple[uuid.UUID, Planned]]) -> list[tuple[int, str]]:
+def _insert_deliveries(rows: list[tuple[str, Planned]]) -> list[tuple[int, str]]:
     """One multi-row INSERT of every delivery of the page; returns (id, channel) of those
     queued. Content rendered once is sent once (an index into a small array per row)."""
     if not rows:
         return []
     contents: dict[str, int] = {}
+    encoded: dict[int, int] = {}  # id(content) -> index: a page's shared renders encoded once
     indexes = []
     for _, plan in rows:
-        text = json.dumps(plan.content or {}, sort_keys=True)
-        indexes.append(contents.setdefault(text, len(contents) + 1))  # SQL arrays start at 1
+        index = encoded.get(id(plan.content))
+        if index is None:
+            text = json.dumps(plan.content or {}, sort_keys=True)
+            index = encoded[id(plan.content)] = contents.setdefault(text, len(contents) + 1)
+        indexes.append(index)  # SQL arrays start at 1
     with connection.cursor() as cursor:
         cursor.execute(
             _INSERT_DELIVERIES_SQL,
             {
                 "contents": list(contents),
                 "lease": settings.NOTIFY_FANOUT_LEASE_SECONDS,
-                "notifications": [str(notification_id) for notification_id, _ in rows],
+                "notifications": [notification_id for notification_id, _ in rows],
                 "channels": [plan.channel for _, plan in rows],
                 "statuses": [plan.status for _, plan in rows],
                 "reasons": [plan.reason for _, plan in rows],
@@ -236,9 +241,12 @@ def _publish(broadcast_id: uuid.UUID, queued: list[tuple[int, str]], *, chain_ne
         with current_app.producer_or_acquire() as producer:
             for channel, ids in sorted(by_channel.items()):
                 for start in range(0, len(ids), size):
+                    batch = ids[start : start + size]
                     current_app.send_task(
                         LANES[channel].batch_task,
-                        args=(ids[start : start + size],),
+                        args=(batch,),
+                        # Celery would repr() every id of every batch for the message header.
+                        argsrepr=f"([{batch[0]}..{batch[-1]}] {len(batch)} deliveries)",
                         queue=LANES[channel].bulk_queue,
                         producer=producer,
                     )

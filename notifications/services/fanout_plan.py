@@ -45,6 +45,7 @@ class Planner:
         self._data = data
         self._templates: dict[str, dict[str, Template]] = {}  # by recipient locale
         self._shared: dict[int, dict[str, str] | TemplateRenderError] = {}  # by template id
+        self._configured = planning.configured_channels()
 
     def plan(self, recipient: AudienceMember, notification_id: uuid.UUID) -> list[Planned]:
         event = self._catalog.event
@@ -60,6 +61,7 @@ class Planner:
             channels=self._channels,
             category_id=event.category_id,
             critical=event.category.critical,
+            configured=self._configured,
         )
         templates = self._templates_for(recipient.locale)
         plan: list[Planned] = []

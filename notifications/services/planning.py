@@ -6,7 +6,7 @@ and asks here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +28,19 @@ class Reach:
 
 
 def skip_reasons(
-    reach: Reach, *, channels: Sequence[str], category_id: int, critical: bool
+    reach: Reach,
+    *,
+    channels: Sequence[str],
+    category_id: int,
+    critical: bool,
+    configured: Collection[str] | None = None,
 ) -> dict[str, str | None]:
     """For each channel, why it must not go (the delivery's ``reason``), or None if it may:
     not configured, opted out (critical categories ignore opt-outs), no address or device,
-    the address suppressed; checked in that order."""
+    the address suppressed; checked in that order. ``configured`` (from
+    ``configured_channels``) spares a caller deciding a page the settings lookups per row."""
+    if configured is None:
+        configured = configured_channels()
     allowed = (
         dict.fromkeys(channels, True)
         if critical
@@ -40,11 +48,18 @@ def skip_reasons(
             reach.rules, category_id=category_id, channels=channels
         )
     )
-    return {channel: _reason(channel, reach, allowed[channel]) for channel in channels}
+    return {
+        channel: _reason(channel, reach, allowed[channel], channel in configured)
+        for channel in channels
+    }
 
 
-def _reason(channel: str, reach: Reach, allowed: bool) -> str | None:
-    if not registry.is_configured(channel):
+def configured_channels() -> frozenset[str]:
+    return frozenset(registry.configured_channels())
+
+
+def _reason(channel: str, reach: Reach, allowed: bool, configured: bool) -> str | None:
+    if not configured:
         return "channel_not_configured"
     if not allowed:
         return "opted_out"
