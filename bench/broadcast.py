@@ -895,6 +895,7 @@ def _service_settings() -> dict[str, Any]:
     """The knobs the stack ran with (environment, else config/settings.py's defaults)."""
     names = {
         "NOTIFY_FANOUT_PAGE": "1000",
+        "NOTIFY_FANOUT_CHAINS": "4",
         "NOTIFY_DELIVERY_BATCH": "100",
         "NOTIFY_DELIVERY_IN_FLIGHT_PUSH": "100",
         "NOTIFY_DELIVERY_IN_FLIGHT_EMAIL": "4",

@@ -136,9 +136,13 @@ def worker_argv(worker: str, *, concurrency: int | None = None, node: str = "") 
     # Each channel's worker serves its transactional queue first, then its bulk lane
     # (queue_order_strategy "priority" in settings); maintenance has no bulk twin.
     queues = lanes.worker_queues()[worker]
-    # Maintenance gets 2: a long retention purge must not hold up the stuck-delivery sweep.
+    # Maintenance runs a broadcast's fan-out chains at once (NOTIFY_FANOUT_CHAINS), and at
+    # least 2: a long retention purge must not hold up the stuck-delivery sweep.
     if concurrency is None:
-        concurrency = 2 if worker == lanes.MAINTENANCE_QUEUE else 1
+        from django.conf import settings
+
+        maintenance = max(2, int(settings.NOTIFY_FANOUT_CHAINS))
+        concurrency = maintenance if worker == lanes.MAINTENANCE_QUEUE else 1
     worker_args = ["-Q", queues, "-n", f"{node or worker}@%h", "--concurrency", str(concurrency)]
     return [*CELERY, "worker", *worker_args, "--loglevel", "WARNING"]
 

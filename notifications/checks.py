@@ -27,6 +27,7 @@ _NUMBERS: tuple[tuple[str, float, bool], ...] = (
     ("NOTIFY_SWEEP_BATCH", 1, True),
     ("NOTIFY_CATALOG_CACHE_SECONDS", 0, True),
     ("NOTIFY_FANOUT_PAGE", 1, True),
+    ("NOTIFY_FANOUT_CHAINS", 1, True),
     ("NOTIFY_FANOUT_LEASE_SECONDS", 1, True),
     ("NOTIFY_FANOUT_RESUME_SECONDS", 1, True),
     ("NOTIFY_BROADCAST_CANCEL_CHUNK", 1, True),

@@ -59,7 +59,12 @@ class Broadcast(models.Model):
     accept_response = models.JSONField(default=dict)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     # Keyset position of the fan-out (last recipient id done), so a re-run resumes there.
-    fanout_cursor = models.BigIntegerField(default=0)
+    # The fan-out runs as parallel chains over disjoint recipient id ranges (segments): each
+    # segment i covers ids in (its starting cursor, fanout_bounds[i]] and is done when
+    # fanout_cursors[i] reaches its bound; the last bound is the largest bigint, so
+    # recipients created during the fan-out still get their notification.
+    fanout_cursors = ArrayField(models.BigIntegerField(), default=list)
+    fanout_bounds = ArrayField(models.BigIntegerField(), default=list)
     recipients_total = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     fanned_out_at = models.DateTimeField(null=True, blank=True)

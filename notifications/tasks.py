@@ -197,9 +197,10 @@ _PAGE_TASK_OPTIONS: dict[str, Any] = {
 
 
 @shared_task(**_PAGE_TASK_OPTIONS, name=lanes.FANOUT_TASK)
-def broadcast_fanout(broadcast_id: str) -> str:
-    """One page of a broadcast's fan-out; the service chains the next page after commit."""
-    return fanout.broadcast_fanout_page(broadcast_id=uuid.UUID(broadcast_id)).value
+def broadcast_fanout(broadcast_id: str, segment: int = 0) -> str:
+    """One page of a segment of a broadcast's fan-out; the service chains the segment's next
+    page after commit."""
+    return fanout.broadcast_fanout_page(broadcast_id=uuid.UUID(broadcast_id), segment=segment).value
 
 
 @shared_task(ignore_result=True, name=lanes.RESUME_FANOUTS_TASK)

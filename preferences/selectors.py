@@ -144,15 +144,27 @@ _AUDIENCE_PAGE_SQL = {
     "topic": """
         SELECT s.recipient_id AS id FROM preferences_topicsubscription s
         JOIN preferences_topic t ON t.id = s.topic_id
-        WHERE t.key = %(topic)s AND s.recipient_id > %(after)s
+        WHERE t.key = %(topic)s AND s.recipient_id > %(after)s AND s.recipient_id <= %(until)s
         ORDER BY s.recipient_id LIMIT %(limit)s""",
     "userIds": """
         SELECT r.id FROM preferences_recipient r
         WHERE r.external_id = ANY(%(user_ids)s::text[]) AND r.id > %(after)s
+          AND r.id <= %(until)s
         ORDER BY r.id LIMIT %(limit)s""",
     "all": """
         SELECT r.id FROM preferences_recipient r
-        WHERE r.id > %(after)s ORDER BY r.id LIMIT %(limit)s""",
+        WHERE r.id > %(after)s AND r.id <= %(until)s ORDER BY r.id LIMIT %(limit)s""",
+}
+
+# The smallest and largest recipient id of an audience (index-only lookups, whatever its size).
+_AUDIENCE_RANGE_SQL = {
+    "topic": """
+        SELECT min(s.recipient_id), max(s.recipient_id) FROM preferences_topicsubscription s
+        JOIN preferences_topic t ON t.id = s.topic_id WHERE t.key = %(topic)s""",
+    "userIds": """
+        SELECT min(r.id), max(r.id) FROM preferences_recipient r
+        WHERE r.external_id = ANY(%(user_ids)s::text[])""",
+    "all": "SELECT min(r.id), max(r.id) FROM preferences_recipient r",
 }
 
 # The accept path's recipient query (above) for a whole page of an audience at once: each
@@ -201,11 +213,12 @@ def audience_page(
     *,
     audience: dict[str, Any],
     after: int,
+    until: int,
     limit: int,
     category_id: int,
     platforms: Iterable[str],
 ) -> list[AudienceMember]:
-    """Up to ``limit`` recipients of the audience with ids above ``after``, in id order, each
+    """Up to ``limit`` recipients of the audience with ids in (after, until], in id order, each
     with its suppression flags, preference rules (this category and all) and the platforms
     of its active devices, in one query.
 
@@ -217,6 +230,7 @@ def audience_page(
         "topic": audience.get("topic"),
         "user_ids": list(audience.get("userIds") or []),
         "after": after,
+        "until": until,
         "limit": limit,
         "category": category_id,
         "platforms": sorted(platforms),
@@ -224,3 +238,14 @@ def audience_page(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [AudienceMember(*row) for row in cursor.fetchall()]
+
+
+def audience_id_range(*, audience: dict[str, Any]) -> tuple[int, int] | None:
+    """The smallest and largest recipient id in a broadcast's audience now, or None if it is
+    empty (the fan-out splits this range between its chains)."""
+    kind = next(k for k in ("topic", "userIds", "all") if k in audience)
+    params = {"topic": audience.get("topic"), "user_ids": list(audience.get("userIds") or [])}
+    with connection.cursor() as cursor:
+        cursor.execute(_AUDIENCE_RANGE_SQL[kind], params)
+        low, high = cursor.fetchone()
+    return None if low is None else (int(low), int(high))

@@ -31,7 +31,7 @@ from notifications.models import Broadcast, DeliveryStatus
 from notifications.rendering import TemplateRenderError, render_template
 from notifications.selectors import EventCatalog, event_catalog
 from notifications.services import transitions
-from notifications.services.fanout import enqueue_fanout
+from notifications.services.fanout import enqueue_fanout, fanout_segments
 from notifications.services.idempotency import AcceptResult, replay_if_known
 from preferences.models import Topic
 
@@ -133,8 +133,9 @@ def _check_templates(catalog: EventCatalog, channels: list[str], data: dict[str,
 _INSERT_SQL = """
 INSERT INTO notifications_broadcast
     (id, api_key_id, event_id, audience, channels, data, idempotency_key, request_fingerprint,
-     accept_response, status, fanout_cursor, recipients_total, created_at)
-VALUES (%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s::jsonb, 'pending', 0, 0, now())
+     accept_response, status, fanout_cursors, fanout_bounds, recipients_total, created_at)
+VALUES (%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s::jsonb, 'pending',
+        %s::bigint[], %s::bigint[], 0, now())
 ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -153,6 +154,7 @@ def _insert_broadcast(
     body: dict[str, Any],
 ) -> bool:
     """Insert unless the idempotency key is taken (the unique index decides, not a read)."""
+    cursors, bounds = fanout_segments(audience=audience)
     with connection.cursor() as cursor:
         cursor.execute(
             _INSERT_SQL,
@@ -168,6 +170,8 @@ def _insert_broadcast(
                 idempotency_key,
                 fingerprint,
                 json.dumps(body),
+                cursors,
+                bounds,
             ],
         )
         return cursor.fetchone() is not None

@@ -1,13 +1,15 @@
-"""Fan-out of a broadcast: one keyset page of recipients per task run.
+"""Fan-out of a broadcast: one keyset page of recipients per task run, in parallel chains.
 
-Each page costs a constant number of queries whatever its size: the broadcast, the event's
-catalog (cached), one statement for the recipients with all their sending context, one
-multi-row INSERT of notifications, one of deliveries, one UPDATE of the broadcast's cursor.
-The three writes share a transaction, and the cursor only moves if it is still where this
-run found it, so a page that runs twice (redelivered task, two chains) commits once; the
-notification INSERT is also ``ON CONFLICT (broadcast_id, recipient_id) DO NOTHING``.
-After commit, the page's queued deliveries are published in batches on the bulk lanes and
-the next page is chained.
+The audience's recipient id range is cut into segments when the broadcast is accepted
+(``fanout_segments``); each segment is a chain of pages, so up to NOTIFY_FANOUT_CHAINS
+maintenance processes write one broadcast at once. Each page costs a constant number of
+queries whatever its size: the broadcast, the event's catalog (cached), one statement for the
+recipients with all their sending context, one multi-row INSERT of notifications, one of
+deliveries, one UPDATE of the segment's cursor. The three writes share a transaction, and the
+cursor only moves if it is still where this run found it, so a page that runs twice
+(redelivered task, resumed chain) commits once; the notification INSERT is also
+``ON CONFLICT (broadcast_id, recipient_id) DO NOTHING``. After commit, the page's queued
+deliveries are published in batches on the bulk lanes and the segment's next page is chained.
 """
 
 from __future__ import annotations
@@ -45,26 +47,54 @@ class PageOutcome(StrEnum):
     STOPPED = "stopped"  # cancelled, finished, unknown, or another run took this page
 
 
-def broadcast_fanout_page(*, broadcast_id: uuid.UUID) -> PageOutcome:
-    """Write the next page of a broadcast's notifications and deliveries."""
+BIGINT_MAX = 2**63 - 1  # the last segment's bound: recipients created meanwhile are in it
+
+
+def fanout_segments(*, audience: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """The starting cursors and the bounds of a new broadcast's segments: its audience's id
+    range now, cut into up to NOTIFY_FANOUT_CHAINS equal parts of at least a page each."""
+    span = recipients.audience_id_range(audience=audience)
+    if span is None:
+        return [0], [BIGINT_MAX]
+    low, high = span
+    size = high - low + 1
+    count = max(
+        1, min(int(settings.NOTIFY_FANOUT_CHAINS), size // int(settings.NOTIFY_FANOUT_PAGE))
+    )
+    bounds = [low - 1 + size * (i + 1) // count for i in range(count - 1)] + [BIGINT_MAX]
+    return [0, *bounds[:-1]], bounds
+
+
+def broadcast_fanout_page(*, broadcast_id: uuid.UUID, segment: int = 0) -> PageOutcome:
+    """Write the next page of one segment of a broadcast's notifications and deliveries."""
     row = (
         Broadcast.objects.filter(pk=broadcast_id)
         .values(
-            "status", "fanout_cursor", "audience", "channels", "data", "api_key_id", "event__key"
+            "status",
+            "fanout_cursors",
+            "fanout_bounds",
+            "audience",
+            "channels",
+            "data",
+            "api_key_id",
+            "event__key",
         )
         .first()
     )
-    if row is None or row["status"] not in _ACTIVE:
+    if row is None or row["status"] not in _ACTIVE or segment >= len(row["fanout_cursors"]):
+        return PageOutcome.STOPPED
+    cursor, bound = int(row["fanout_cursors"][segment]), int(row["fanout_bounds"][segment])
+    if cursor >= bound:  # this segment is done (a redelivered or resumed task)
         return PageOutcome.STOPPED
     catalog = event_catalog(key=row["event__key"])
     if catalog is None:  # events are PROTECTed while broadcasts use them; kept as a guard
         return PageOutcome.STOPPED
     channels: list[str] = row["channels"] or list(catalog.event.default_channels)
     page_size = int(settings.NOTIFY_FANOUT_PAGE)
-    cursor = int(row["fanout_cursor"])
     page = recipients.audience_page(
         audience=row["audience"],
         after=cursor,
+        until=bound,
         limit=page_size,
         category_id=catalog.event.category_id,
         platforms=push.configured_platforms() if Channel.PUSH in channels else (),
@@ -92,17 +122,17 @@ def broadcast_fanout_page(*, broadcast_id: uuid.UUID) -> PageOutcome:
         )
         moved = _advance(
             broadcast_id,
+            segment=segment,
             from_cursor=cursor,
-            to_cursor=page[-1].id if page else cursor,
+            to_cursor=bound if last else page[-1].id,
             added=len(inserted),
-            last=last,
         )
         if not moved:
             # Cancelled meanwhile, or another run wrote this page first: undo ours.
             transaction.set_rollback(True)
             return PageOutcome.STOPPED
         transaction.on_commit(
-            functools.partial(_publish, broadcast_id, queued, chain_next=not last)
+            functools.partial(_publish, broadcast_id, segment, queued, chain_next=not last)
         )
     return PageOutcome.DONE if last else PageOutcome.MORE
 
@@ -201,25 +231,38 @@ def _insert_deliveries(rows: list[tuple[str, Planned]]) -> list[tuple[int, str]]
         )
 
 
+# The broadcast is fanned out when this page ends its segment and every other one has ended
+# (the same condition twice: SET expressions all read the row as it was).
+_ADVANCE_SQL = """
+UPDATE notifications_broadcast
+SET fanout_cursors[%(at)s] = %(to)s,
+    recipients_total = recipients_total + %(added)s,
+    status = CASE WHEN (%(to)s >= fanout_bounds[%(at)s] AND NOT EXISTS (
+        SELECT 1 FROM unnest(fanout_cursors, fanout_bounds) WITH ORDINALITY AS s(cursor, bound, at)
+        WHERE s.at <> %(at)s AND s.cursor < s.bound))
+        THEN 'fanned_out' ELSE 'fanning_out' END,
+    fanned_out_at = CASE WHEN (%(to)s >= fanout_bounds[%(at)s] AND NOT EXISTS (
+        SELECT 1 FROM unnest(fanout_cursors, fanout_bounds) WITH ORDINALITY AS s(cursor, bound, at)
+        WHERE s.at <> %(at)s AND s.cursor < s.bound))
+        THEN now() END
+WHERE id = %(id)s AND fanout_cursors[%(at)s] = %(from)s AND status IN ('pending', 'fanning_out')
+"""
+
+
 def _advance(
-    broadcast_id: uuid.UUID, *, from_cursor: int, to_cursor: int, added: int, last: bool
+    broadcast_id: uuid.UUID, *, segment: int, from_cursor: int, to_cursor: int, added: int
 ) -> bool:
-    """Move the keyset cursor past this page, if nobody moved it (and nobody cancelled)."""
+    """Move a segment's cursor past this page, if nobody moved it (and nobody cancelled); the
+    broadcast is fanned out when this page ends the last segment still open. Chains update
+    the one row in turn (its lock is held to commit), and a waiting UPDATE re-reads the row
+    as the other left it, so exactly one of two segments ending together sees all done."""
     with connection.cursor() as cursor:
         cursor.execute(
-            """
-            UPDATE notifications_broadcast
-            SET fanout_cursor = %(to)s,
-                recipients_total = recipients_total + %(added)s,
-                status = CASE WHEN %(last)s THEN 'fanned_out' ELSE 'fanning_out' END,
-                fanned_out_at = CASE WHEN %(last)s THEN now() END
-            WHERE id = %(id)s AND fanout_cursor = %(from)s
-              AND status IN ('pending', 'fanning_out')
-            """,
+            _ADVANCE_SQL,
             {
+                "at": segment + 1,  # SQL arrays start at 1
                 "to": to_cursor,
                 "added": added,
-                "last": last,
                 "id": broadcast_id,
                 "from": from_cursor,
             },
@@ -227,8 +270,11 @@ def _advance(
         return cursor.rowcount == 1
 
 
-def _publish(broadcast_id: uuid.UUID, queued: list[tuple[int, str]], *, chain_next: bool) -> None:
-    """After commit: the page's deliveries in batches on their bulk lanes, then the next page.
+def _publish(
+    broadcast_id: uuid.UUID, segment: int, queued: list[tuple[int, str]], *, chain_next: bool
+) -> None:
+    """After commit: the page's deliveries in batches on their bulk lanes, then the segment's
+    next page.
 
     A broker outage is logged, not raised: the deliveries carry a lease, so the sweep
     re-enqueues them, and ``broadcasts_resume`` restarts a fan-out whose chain broke.
@@ -253,7 +299,7 @@ def _publish(broadcast_id: uuid.UUID, queued: list[tuple[int, str]], *, chain_ne
             if chain_next:
                 current_app.send_task(
                     FANOUT_TASK,
-                    args=(str(broadcast_id),),
+                    args=(str(broadcast_id), segment),
                     queue=MAINTENANCE_QUEUE,
                     producer=producer,
                 )
@@ -267,9 +313,22 @@ def _publish(broadcast_id: uuid.UUID, queued: list[tuple[int, str]], *, chain_ne
 
 
 def enqueue_fanout(broadcast_id: uuid.UUID) -> bool:
-    """Publish a fan-out task for the broadcast (called after commit)."""
+    """Publish a fan-out task for each of the broadcast's unfinished segments (called after
+    commit, and by the resume task)."""
+    row = Broadcast.objects.filter(pk=broadcast_id).values("fanout_cursors", "fanout_bounds")
+    segments = row.first() or {"fanout_cursors": [], "fanout_bounds": []}
     try:
-        current_app.send_task(FANOUT_TASK, args=(str(broadcast_id),), queue=MAINTENANCE_QUEUE)
+        with current_app.producer_or_acquire() as producer:
+            for segment, (cursor, bound) in enumerate(
+                zip(segments["fanout_cursors"], segments["fanout_bounds"], strict=True)
+            ):
+                if cursor < bound:
+                    current_app.send_task(
+                        FANOUT_TASK,
+                        args=(str(broadcast_id), segment),
+                        queue=MAINTENANCE_QUEUE,
+                        producer=producer,
+                    )
     except Exception:
         logger.warning(
             "broadcast %s: could not publish its fan-out; the resume task will",

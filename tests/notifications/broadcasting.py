@@ -61,13 +61,20 @@ def start_broadcast(
 
 
 def fan_out(broadcast_id: uuid.UUID, *, max_pages: int = 100) -> list[fanout.PageOutcome]:
-    """Run pages until the fan-out stops, as the chained tasks would; returns each outcome."""
+    """Run each segment's pages until it stops, as its chained tasks would (one segment after
+    the other); returns every outcome in that order."""
     outcomes = []
-    for _ in range(max_pages):
-        outcomes.append(fanout.broadcast_fanout_page(broadcast_id=broadcast_id))
-        if outcomes[-1] != fanout.PageOutcome.MORE:
-            return outcomes
-    raise AssertionError(f"fan-out of {broadcast_id} did not finish in {max_pages} pages")
+    segments = len(broadcast_row(broadcast_id).fanout_cursors)
+    for segment in range(segments):
+        for _ in range(max_pages):
+            outcomes.append(
+                fanout.broadcast_fanout_page(broadcast_id=broadcast_id, segment=segment)
+            )
+            if outcomes[-1] != fanout.PageOutcome.MORE:
+                break
+        else:
+            raise AssertionError(f"segment {segment} of {broadcast_id} did not end in {max_pages}")
+    return outcomes
 
 
 def broadcast_row(broadcast_id: uuid.UUID) -> Broadcast:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections import Counter
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from channels.base import Channel
@@ -42,7 +43,9 @@ MORE, DONE, STOPPED = PageOutcome.MORE, PageOutcome.DONE, PageOutcome.STOPPED
 
 @pytest.fixture
 def small_pages(settings):
+    """Pages of 3 in one chain: the page sequences below are one segment's."""
     settings.NOTIFY_FANOUT_PAGE = 3
+    settings.NOTIFY_FANOUT_CHAINS = 1
     return settings
 
 
@@ -79,7 +82,7 @@ def test_every_subscriber_gets_exactly_one_notification_over_several_pages(news,
     broadcast = broadcast_row(broadcast_id)
     assert broadcast.status == Broadcast.Status.FANNED_OUT
     assert broadcast.recipients_total == 10
-    assert broadcast.fanout_cursor == max(r.pk for r in subscribers)
+    assert broadcast.fanout_cursors == [fanout.BIGINT_MAX]  # its one segment ended
     assert broadcast.fanned_out_at is not None
 
 
@@ -191,7 +194,7 @@ def test_a_page_run_again_creates_nothing_twice(news, small_pages):
     # A finished fan-out redelivered: nothing to do.
     assert fanout.broadcast_fanout_page(broadcast_id=broadcast_id) == STOPPED
     # Even rewound to the start, the unique (broadcast, recipient) index refuses every row.
-    Broadcast.objects.filter(pk=broadcast_id).update(fanout_cursor=0, status="fanning_out")
+    Broadcast.objects.filter(pk=broadcast_id).update(fanout_cursors=[0], status="fanning_out")
     assert fan_out(broadcast_id) == [MORE, DONE]
 
     assert (Delivery.objects.count(), Notification.objects.count()) == before
@@ -205,7 +208,7 @@ def test_a_run_that_lost_the_race_for_its_page_writes_nothing(news, small_pages,
 
     def another_run_advanced_first(*args, **kwargs):
         # As if a twin task committed this very page while we were rendering it.
-        Broadcast.objects.filter(pk=broadcast_id).update(fanout_cursor=10**9)
+        Broadcast.objects.filter(pk=broadcast_id).update(fanout_cursors=[10**9])
         return real_advance(*args, **kwargs)
 
     monkeypatch.setattr(fanout, "_advance", another_run_advanced_first)
@@ -325,7 +328,7 @@ def test_after_commit_deliveries_go_in_batches_on_bulk_lanes_and_the_next_page_i
     assert message["headers"]["task"] == EMAIL.batch_task
     chained = broker.messages(MAINTENANCE_QUEUE)[-1]
     assert chained["headers"]["task"] == FANOUT_TASK
-    assert chained["headers"]["argsrepr"] == repr((str(broadcast_id),))
+    assert chained["headers"]["argsrepr"] == repr((str(broadcast_id), 0))  # its segment
 
 
 def test_resume_restarts_unfinished_fan_outs_only(news, broker):
@@ -337,7 +340,7 @@ def test_resume_restarts_unfinished_fan_outs_only(news, broker):
     assert fanout.broadcasts_resume() == 1
 
     message = broker.messages(MAINTENANCE_QUEUE)[-1]
-    assert message["headers"]["argsrepr"] == repr((str(unfinished),))
+    assert message["headers"]["argsrepr"] == repr((str(unfinished), 0))
 
 
 def test_a_recipient_erased_before_its_page_is_left_out(news):
@@ -349,6 +352,127 @@ def test_a_recipient_erased_before_its_page_is_left_out(news):
 
     assert _by_recipient(broadcast_id) == Counter([users[0].pk, users[2].pk])
     assert broadcast_row(broadcast_id).recipients_total == 2
+
+
+# --- parallel chains: the audience's id range cut into segments ---
+
+
+@pytest.fixture
+def three_chains(settings):
+    settings.NOTIFY_FANOUT_PAGE = 3
+    settings.NOTIFY_FANOUT_CHAINS = 3
+    return settings
+
+
+def test_the_id_range_is_cut_into_up_to_the_chains_of_at_least_a_page_each(news, three_chains):
+    assert fanout.fanout_segments(audience={"topic": "nobody"}) == ([0], [fanout.BIGINT_MAX])
+    few = [RecipientFactory() for _ in range(5)]
+    topic_with("few", few)  # 5 ids: one page and a bit, so one chain
+    assert fanout.fanout_segments(audience={"topic": "few"}) == ([0], [fanout.BIGINT_MAX])
+    many = [RecipientFactory() for _ in range(10)]
+    topic_with("many", many)
+    low, high = many[0].pk, many[-1].pk
+
+    cursors, bounds = fanout.fanout_segments(audience={"topic": "many"})
+
+    assert len(bounds) == 3 and bounds[-1] == fanout.BIGINT_MAX
+    assert cursors == [0, *bounds[:-1]] and low <= bounds[0] < bounds[1] < high
+
+
+def test_segments_together_write_each_subscriber_once_and_the_last_to_end_finishes(
+    news, three_chains
+):
+    subscribers = [RecipientFactory() for _ in range(10)]
+    topic_with("news", subscribers)
+    broadcast_id = start_broadcast(news, {"topic": "news"})
+    assert len(broadcast_row(broadcast_id).fanout_cursors) == 3
+
+    for segment in (2, 0):  # in any order; each ends with a page shorter than 3
+        while fanout.broadcast_fanout_page(broadcast_id=broadcast_id, segment=segment) == MORE:
+            pass
+        assert broadcast_row(broadcast_id).status == Broadcast.Status.FANNING_OUT
+    assert fanout.broadcast_fanout_page(broadcast_id=broadcast_id, segment=0) == STOPPED  # ended
+
+    while fanout.broadcast_fanout_page(broadcast_id=broadcast_id, segment=1) == MORE:
+        pass
+
+    broadcast = broadcast_row(broadcast_id)
+    assert broadcast.status == Broadcast.Status.FANNED_OUT and broadcast.fanned_out_at
+    assert broadcast.recipients_total == 10
+    assert _by_recipient(broadcast_id) == Counter(r.pk for r in subscribers)
+    assert fanout.broadcast_fanout_page(broadcast_id=broadcast_id, segment=7) == STOPPED
+
+
+def test_a_recipient_created_during_the_fan_out_is_in_the_last_segment(news, three_chains):
+    everyone = [RecipientFactory() for _ in range(10)]
+    broadcast_id = start_broadcast(news, {"all": True})
+    late = RecipientFactory()
+
+    fan_out(broadcast_id)
+
+    assert _by_recipient(broadcast_id) == Counter(r.pk for r in [*everyone, late])
+
+
+def test_resume_publishes_only_the_segments_still_open(news, three_chains, broker):
+    topic_with("news", [RecipientFactory() for _ in range(10)])
+    broadcast_id = start_broadcast(news, {"topic": "news"})
+    while fanout.broadcast_fanout_page(broadcast_id=broadcast_id, segment=1) == MORE:
+        pass
+    broker.purge()
+
+    assert fanout.broadcasts_resume() == 1
+
+    assert sorted(m["headers"]["argsrepr"] for m in broker.messages(MAINTENANCE_QUEUE)) == [
+        repr((str(broadcast_id), 0)),
+        repr((str(broadcast_id), 2)),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_segments_ending_at_once_leave_the_broadcast_fanned_out(news, three_chains):
+    """The second UPDATE waits for the first's row lock, then decides on the row as the first
+    left it: whichever commits second sees every segment ended."""
+    topic_with("news", [RecipientFactory() for _ in range(10)])
+    broadcast_id = start_broadcast(news, {"topic": "news"})
+    row = broadcast_row(broadcast_id)
+    bounds = row.fanout_bounds
+    # Segment 0 already ended; 1 and 2 are at their last page.
+    Broadcast.objects.filter(pk=broadcast_id).update(fanout_cursors=[bounds[0], 5, 6])
+    waiting: dict[str, bool] = {}
+
+    def end_segment_2() -> None:
+        try:
+            with transaction.atomic():
+                waiting["moved"] = fanout._advance(
+                    broadcast_id, segment=2, from_cursor=6, to_cursor=bounds[2], added=1
+                )
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        assert fanout._advance(broadcast_id, segment=1, from_cursor=5, to_cursor=bounds[1], added=1)
+        other = threading.Thread(target=end_segment_2)
+        other.start()
+        wait_for(lambda: _waits_for_a_lock("UPDATE notifications_broadcast"), timeout=10)
+        # Both UPDATEs have read "the other segment is still open"; only one commit is first.
+
+    other.join(timeout=10)
+    assert waiting == {"moved": True}
+    broadcast = broadcast_row(broadcast_id)
+    assert broadcast.status == Broadcast.Status.FANNED_OUT and broadcast.fanned_out_at
+    assert broadcast.fanout_cursors == [bounds[0], bounds[1], bounds[2]]
+    assert broadcast.recipients_total == 2
+
+
+def _waits_for_a_lock(query_start: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # else read once per transaction
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database() AND query LIKE %s",
+            [f"%{query_start}%"],
+        )
+        return bool(cursor.fetchone()[0])
 
 
 # --- end to end through real workers (last in this module: they consume the test broker) ---
