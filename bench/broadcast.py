@@ -488,7 +488,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="POOL:N",
         help="a dedicated worker per channel for its transactional queue, e.g. threads:2",
     )
-    parser.add_argument("--maintenance-concurrency", type=int, default=2)
+    parser.add_argument(
+        "--maintenance-concurrency",
+        type=int,
+        default=max(2, int(os.environ.get("NOTIFY_FANOUT_CHAINS", "4"))),
+        help="as make run: one process per fan-out chain, at least 2",
+    )
     parser.add_argument("--port", type=int, default=18200, help="API; the fakes take the next 4")
     parser.add_argument("--deadline", type=float, default=None, help="seconds, whole script")
     parser.add_argument("--keep-db", action="store_true", help="keep the database at the end")
