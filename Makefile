@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-rabbitmq lint format typecheck install services bench chaos clean
+.PHONY: run test test-rabbitmq lint format typecheck install services browser bench chaos clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,14 @@ services:
 run: install services
 	$(BIN)/python devtools/run.py
 
-## test: lint and the full suite against real PostgreSQL, Redis and Celery workers
-test: install services lint typecheck
+## test: lint and the full suite against real PostgreSQL, Redis and Celery workers, and the
+## browser tests in Debian's Chromium
+test: install services browser lint typecheck
 	$(BIN)/pytest
+
+## browser: Chromium for the browser tests (tests/test_browser.py), from Debian's packages
+browser:
+	./devtools/browser.sh
 
 ## test-rabbitmq: the same suite with RabbitMQ (guest/guest on 127.0.0.1:5672) as the broker, in
 ## a vhost of its own, created if missing; not part of `make test`. RABBITMQ_QUORUM=1 declares

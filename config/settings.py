@@ -194,6 +194,18 @@ NOTIFY_INBOX_RATE_LIMIT = env.str("NOTIFY_INBOX_RATE_LIMIT", default="20/second;
 # The web apps' origins that may call the inbox API from a browser ("https://app.example.com");
 # none by default. Only /api/inbox answers CORS: the service API is not for browsers.
 CORS_ALLOWED_ORIGINS = env.list("NOTIFY_INBOX_CORS_ORIGINS", default=[])
+# The inbox demo page (/demo/inbox, notifications/demo.py): hands a token of this recipient to
+# whoever opens it, so off unless told (make run turns it on).
+NOTIFY_DEMO_PAGE = env.bool("NOTIFY_DEMO_PAGE", default=False)
+NOTIFY_DEMO_USER_ID = env.str("NOTIFY_DEMO_USER_ID", default="demo-user")
+# The real-time stream (GET /api/inbox/stream, served by the ASGI process; docs/inbox.md).
+# Events per recipient kept in Redis for a reconnect's Last-Event-ID, and for how long.
+NOTIFY_INBOX_STREAM_REPLAY = env.int("NOTIFY_INBOX_STREAM_REPLAY", default=100)
+NOTIFY_INBOX_STREAM_REPLAY_SECONDS = env.int("NOTIFY_INBOX_STREAM_REPLAY_SECONDS", default=3600)
+# A comment line this often keeps proxies from closing an idle stream.
+NOTIFY_INBOX_STREAM_HEARTBEAT_SECONDS = env.float(
+    "NOTIFY_INBOX_STREAM_HEARTBEAT_SECONDS", default=15.0
+)
 CORS_URLS_REGEX = r"^/api/inbox(/.*)?$"
 CORS_ALLOW_METHODS = ("GET", "POST", "OPTIONS")
 CORS_ALLOW_CREDENTIALS = False  # the token is a header, never a cookie
@@ -207,6 +219,8 @@ NOTIFY_PUBLIC_URL = env.str("NOTIFY_PUBLIC_URL", default="").rstrip("/")
 NOTIFY_UNSUBSCRIBE_MAILTO = env.str("NOTIFY_UNSUBSCRIBE_MAILTO", default="")
 # How long a link in an e-mail keeps working.
 NOTIFY_UNSUBSCRIBE_LINK_DAYS = env.int("NOTIFY_UNSUBSCRIBE_LINK_DAYS", default=90)
+# How long a preference centre link works (preferences/centre.py).
+NOTIFY_PREFERENCE_LINK_DAYS = env.int("NOTIFY_PREFERENCE_LINK_DAYS", default=30)
 
 # --- Delivery --------------------------------------------------------------------------------
 # Which provider sends each channel; an empty value means the channel is not configured and
@@ -379,6 +393,10 @@ REDIS_URL_DEFAULT = (
     else "redis://127.0.0.1:6379/0"
 )
 NOTIFY_API_RATE_LIMIT_STORAGE_URL = NOTIFY_API_RATE_LIMIT_STORAGE_URL or REDIS_URL_DEFAULT
+# Where inbox events are published and kept for replay (the ASGI stream process reads them).
+NOTIFY_INBOX_STREAM_REDIS_URL = (
+    env.str("NOTIFY_INBOX_STREAM_REDIS_URL", default="") or REDIS_URL_DEFAULT
+)
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 # Delivery tasks record their own outcome in the Delivery row; a result row per task would

@@ -6,10 +6,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from notifications.api import broadcasts as broadcast_views
 from notifications.api import inbox as inbox_views
 from notifications.api import views as notification_views
+from notifications.demo import inbox_demo
 from notifications.health import healthz
 from notifications.services.inbox import InboxAction
 from preferences.api import topics as topic_views
 from preferences.api import views as recipient_views
+from preferences.centre import preference_centre
 from preferences.unsubscribe import unsubscribe
 
 
@@ -69,6 +71,11 @@ api = [
     path("inbox", inbox_views.InboxListView.as_view(), name="inbox"),
     path("inbox/count", inbox_views.InboxCountView.as_view(), name="inbox-count"),
     path("inbox/read-all", inbox_views.InboxReadAllView.as_view(), name="inbox-read-all"),
+    path(
+        "inbox/preferences-link",
+        inbox_views.InboxPreferenceLinkView.as_view(),
+        name="inbox-preferences-link",
+    ),
     *(
         path(
             f"inbox/<int:message_id>/{action}",
@@ -108,6 +115,8 @@ urlpatterns = [
     path("api/", include(api)),
     path("healthz", healthz, name="healthz"),
     path("unsubscribe/<str:token>", unsubscribe, name="unsubscribe"),
+    path("demo/inbox", inbox_demo, name="inbox-demo"),
+    path("preferences/<str:token>", preference_centre, name="preference-centre"),
     path("webhooks/", include("channels.urls")),
     path("admin/", admin.site.urls),
 ]

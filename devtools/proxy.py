@@ -1,5 +1,6 @@
-"""The API as `make run` serves it: nginx on 127.0.0.1:<api port> in front of gunicorn on a
-unix socket, both supervised (docs/proxy.md).
+"""The API as `make run` serves it: nginx on 127.0.0.1:<api port> in front of gunicorn and of
+the inbox stream's ASGI process (uvicorn), each on a unix socket, all supervised
+(docs/proxy.md).
 
 nginx's server settings are config/nginx.conf.template, the same file docker-compose.yml
 mounts; this module fills in its three names and wraps it in a main config of its own under
@@ -69,12 +70,18 @@ def max_body_size() -> int:
 
 
 def render(
-    *, listen: str, upstream: str, max_body: int, conn_per_address: int = CONN_PER_ADDRESS
+    *,
+    listen: str,
+    upstream: str,
+    max_body: int,
+    stream_upstream: str,
+    conn_per_address: int = CONN_PER_ADDRESS,
 ) -> str:
     """The template with its ${PROXY_...} names filled in, as the nginx image's envsubst does."""
     values = {
         "PROXY_LISTEN": listen,
         "PROXY_UPSTREAM": upstream,
+        "PROXY_STREAM_UPSTREAM": stream_upstream,
         "PROXY_MAX_BODY_SIZE": str(max_body),
         "PROXY_CONN_PER_ADDRESS": str(conn_per_address),
     }
@@ -97,6 +104,7 @@ def write_config(
     *,
     listen: str,
     upstream: str,
+    stream_upstream: str,
     max_body: int,
     limits: Limits = Limits(),
 ) -> Path:
@@ -108,6 +116,7 @@ def write_config(
         render(
             listen=listen,
             upstream=upstream,
+            stream_upstream=stream_upstream,
             max_body=max_body,
             conn_per_address=limits.conn_per_address,
         )
@@ -152,8 +161,14 @@ def gunicorn_argv(bind: str, *, workers: int = 2) -> list[str]:
             "--bind", bind, "--workers", str(workers)]  # fmt: skip
 
 
-def socket_path(run_dir: Path) -> Path:
-    path = run_dir / "api.sock"
+def stream_argv(uds: Path) -> list[str]:
+    """The ASGI process of the inbox stream, as `make run` and docker-compose.yml start it."""
+    return [sys.executable, "-m", "uvicorn", "config.asgi:application", "--uds", str(uds),
+            "--no-access-log", "--timeout-graceful-shutdown", "5"]  # fmt: skip
+
+
+def socket_path(run_dir: Path, name: str = "api") -> Path:
+    path = run_dir / f"{name}.sock"
     if len(str(path)) > _MAX_SOCKET_PATH:
         raise RunError(f"{path} is too long for a unix socket; choose a shorter --run-dir")
     return path
@@ -162,12 +177,14 @@ def socket_path(run_dir: Path) -> Path:
 def start(
     sup: Supervisor, run_dir: Path, api_port: int, *, workers: int = 2, limits: Limits = Limits()
 ) -> None:
-    """gunicorn on ``run_dir/api.sock`` and nginx on 127.0.0.1:``api_port`` in front of it."""
-    sock = socket_path(run_dir)
+    """gunicorn on ``run_dir/api.sock``, the stream's uvicorn on ``run_dir/stream.sock`` and
+    nginx on 127.0.0.1:``api_port`` in front of both."""
+    sock, stream_sock = socket_path(run_dir), socket_path(run_dir, "stream")
     config = write_config(
         run_dir,
         listen=f"127.0.0.1:{api_port}",
         upstream=f"unix:{sock}",
+        stream_upstream=f"unix:{stream_sock}",
         max_body=max_body_size(),
         limits=limits,
     )
@@ -175,6 +192,7 @@ def start(
     sup.start(
         "api", gunicorn_argv(f"unix:{sock}", workers=workers), env={"NOTIFY_BEHIND_PROXY": "1"}
     )
+    sup.start("stream", stream_argv(stream_sock))
     # SIGQUIT is nginx's graceful stop (it finishes the requests in flight); SIGTERM is fast.
     sup.start("proxy", nginx_argv(config), stop_signal=signal.SIGQUIT)
 

@@ -293,6 +293,7 @@ Try it:
   curl -sS -X PUT {api}/api/recipients/u-42 {auth} {json_type} \\
     -d '{{"email":"u42@example.com","locale":"pt-BR"}}'
 
+Inbox demo:         {api}/demo/inbox   (the web component as demo-user, live)
 API docs (OpenAPI): {api}/api/docs/
 Admin:              {api}/admin/   (a login: {env_prefix}.venv/bin/python manage.py createsuperuser)
 What each fake received (JSONL; the address or token picks its answer, see docs/providers/):
@@ -342,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **os.environ,
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "PYTHONUNBUFFERED": "1",
+        "NOTIFY_DEMO_PAGE": "1",  # /demo/inbox: the web component as the demo recipient
         **wiring.env,
     }
     api = f"http://127.0.0.1:{args.api_port}"

@@ -7,6 +7,7 @@ The provider checks are in channels/checks.py; they share the helpers.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import Error, Warning, register
@@ -28,6 +29,9 @@ _NUMBERS: tuple[tuple[str, float, bool], ...] = (
     ("NOTIFY_CATALOG_CACHE_SECONDS", 0, True),
     ("NOTIFY_FANOUT_PAGE", 1, True),
     ("NOTIFY_FANOUT_CHAINS", 1, True),
+    ("NOTIFY_INBOX_STREAM_REPLAY", 1, True),
+    ("NOTIFY_INBOX_STREAM_REPLAY_SECONDS", 1, True),
+    ("NOTIFY_INBOX_STREAM_HEARTBEAT_SECONDS", 1, True),
     ("NOTIFY_FANOUT_LEASE_SECONDS", 1, True),
     ("NOTIFY_FANOUT_RESUME_SECONDS", 1, True),
     ("NOTIFY_BROADCAST_CANCEL_CHUNK", 1, True),
@@ -40,6 +44,7 @@ _NUMBERS: tuple[tuple[str, float, bool], ...] = (
     ("NOTIFY_RETENTION_INTERVAL_SECONDS", 1, True),
     ("NOTIFY_RETENTION_TIME_BUDGET_SECONDS", 0, False),
     ("NOTIFY_UNSUBSCRIBE_LINK_DAYS", 1, True),
+    ("NOTIFY_PREFERENCE_LINK_DAYS", 1, True),
 )
 
 
@@ -105,6 +110,16 @@ def check_engine_settings(app_configs: Any = None, **kwargs: Any) -> list[Error 
                 "NOTIFY_PUBLIC_URL is not set: e-mails go out without a one-click unsubscribe "
                 "link (List-Unsubscribe), which Gmail and Yahoo require of bulk senders.",
                 id="notifications.W002",
+            )
+        )
+    public_host = urlsplit(str(settings.NOTIFY_PUBLIC_URL)).hostname or ""
+    if settings.NOTIFY_DEMO_PAGE and public_host not in {"127.0.0.1", "localhost", "::1"}:
+        found.append(
+            Warning(
+                "NOTIFY_DEMO_PAGE is on for a service that is not on this machine only: "
+                f"/demo/inbox hands a recipient token of {settings.NOTIFY_DEMO_USER_ID!r} to "
+                "anyone who opens it. For local demos (make run) only.",
+                id="notifications.W003",
             )
         )
     if settings.NOTIFY_RETENTION_TIME_BUDGET_SECONDS >= settings.NOTIFY_RETENTION_INTERVAL_SECONDS:

@@ -133,3 +133,35 @@ def unsubscribe_url(*, recipient_id: int, category: str, channel: str) -> str:
 def _unsubscribe_path() -> str:
     """The page's path before the token, reversed once (a reverse per e-mail costs 10 µs)."""
     return reverse("unsubscribe", kwargs={"token": "-"}).removesuffix("-")
+
+
+# --- the preference centre's links ------------------------------------------------------------
+_CENTRE_SALT = "preferences.access.preference-centre"
+
+
+def preference_centre_token(*, recipient_id: int, generation: int) -> str:
+    """A signed, timestamped value naming the recipient (its token generation inside, so that
+    revoking the recipient's tokens ends these links too); the age is checked when used."""
+    return signing.dumps({"r": recipient_id, "g": generation}, salt=_CENTRE_SALT)
+
+
+def preference_centre_verify(token: str, *, max_age_days: int) -> TokenClaims:
+    try:
+        payload = signing.loads(token, salt=_CENTRE_SALT, max_age=max_age_days * 86400)
+    except signing.SignatureExpired as exc:
+        raise ExpiredLink(str(exc)) from exc
+    except (signing.BadSignature, ValueError, UnicodeError) as exc:
+        raise InvalidLink("bad signature") from exc
+    try:
+        return TokenClaims(
+            recipient_id=_integer(payload["r"]), generation=_integer(payload["g"]), expires_at=0
+        )
+    except (KeyError, TypeError) as exc:
+        raise InvalidLink("unknown format") from exc
+
+
+def preference_centre_url(*, recipient_id: int, generation: int) -> str:
+    """The page's path, and with NOTIFY_PUBLIC_URL set its full URL."""
+    token = preference_centre_token(recipient_id=recipient_id, generation=generation)
+    path = reverse("preference-centre", kwargs={"token": token})
+    return str(settings.NOTIFY_PUBLIC_URL) + path

@@ -11,6 +11,7 @@ from django.db.models import Count, QuerySet
 
 from channels.base import Channel
 from preferences.models import (
+    Category,
     Device,
     Preference,
     Recipient,
@@ -249,3 +250,37 @@ def audience_id_range(*, audience: dict[str, Any]) -> tuple[int, int] | None:
         cursor.execute(_AUDIENCE_RANGE_SQL[kind], params)
         low, high = cursor.fetchone()
     return None if low is None else (int(low), int(high))
+
+
+@dataclass(frozen=True)
+class CentreRow:
+    """One category of the preference centre: whether each channel may be used for it."""
+
+    category: Category
+    allowed: dict[str, bool]  # by channel, in Channel order
+
+
+def preference_centre(*, recipient_id: int) -> list[CentreRow]:
+    """Every category with what the recipient's rules allow on each channel (the same rule
+    resolution as sending); critical categories are always allowed (they ignore opt-outs)."""
+    rules = preference_rules_all(recipient_id=recipient_id)
+    channels = list(Channel.values)
+    return [
+        CentreRow(
+            category,
+            dict.fromkeys(channels, True)
+            if category.critical
+            else permissions_from_rules(
+                [r for r in rules if r["category_id"] in (category.pk, None)],
+                category_id=category.pk,
+                channels=channels,
+            ),
+        )
+        for category in Category.objects.order_by("critical", "name", "key")
+    ]
+
+
+def preference_rules_all(*, recipient_id: int) -> list[dict[str, Any]]:
+    """All of the recipient's rules (every category, and the ones for all)."""
+    found = Preference.objects.filter(recipient_id=recipient_id)
+    return [dict(rule) for rule in found.values("category_id", "channel", "enabled")]

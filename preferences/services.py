@@ -11,6 +11,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from channels.base import Channel
 from preferences import access, selectors, tokens
 from preferences.models import (
     Category,
@@ -242,3 +243,20 @@ def topic_unsubscribe(*, topic: Topic, external_ids: list[str]) -> SubscriptionC
         unchanged=len(known) - removed,
         unknown_user_ids=[user_id for user_id in wanted if user_id not in known],
     )
+
+
+def preference_centre_save(*, recipient: Recipient, allowed: set[tuple[int, str]]) -> None:
+    """What the recipient chose in the preference centre: for every non-critical category and
+    channel a rule of its own, on if (category id, channel) is in ``allowed``; the rules for
+    all categories stay (each cell's own rule is more specific, so it decides)."""
+    kept = [
+        Rule(category=None, channel=rule["channel"], enabled=rule["enabled"])
+        for rule in selectors.preference_rules_all(recipient_id=recipient.pk)
+        if rule["category_id"] is None
+    ]
+    cells = [
+        Rule(category=category, channel=channel, enabled=(category.pk, channel) in allowed)
+        for category in Category.objects.filter(critical=False)
+        for channel in Channel.values
+    ]
+    preferences_replace(recipient=recipient, rules=kept + cells)

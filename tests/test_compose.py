@@ -39,12 +39,14 @@ def test_the_proxy_publishes_the_api_port_with_the_repository_template() -> None
     assert used == {
         "PROXY_LISTEN",
         "PROXY_UPSTREAM",
+        "PROXY_STREAM_UPSTREAM",
         "PROXY_MAX_BODY_SIZE",
         "PROXY_CONN_PER_ADDRESS",
     }
     assert used <= set(proxy_service["environment"])
     assert proxy_service["environment"]["PROXY_CONN_PER_ADDRESS"] == str(proxy.CONN_PER_ADDRESS)
     assert proxy_service["depends_on"]["api"]["condition"] == "service_healthy"
+    assert proxy_service["depends_on"]["stream"]["condition"] == "service_healthy"
     assert "healthcheck" in proxy_service
 
 
@@ -56,6 +58,16 @@ def test_no_other_service_publishes_a_port_and_the_api_trusts_the_proxy() -> Non
     assert api["environment"]["NOTIFY_BEHIND_PROXY"] == "1"
     assert "config/gunicorn.conf.py" in " ".join(api["command"])
     assert "healthcheck" in api
+
+
+def test_the_stream_runs_the_asgi_application_where_the_proxy_sends_it() -> None:
+    services = _services()
+    stream = services["stream"]
+    command = stream["command"]
+    assert command[:2] == ["uvicorn", "config.asgi:application"]
+    port = command[command.index("--port") + 1]
+    assert services["proxy"]["environment"]["PROXY_STREAM_UPSTREAM"] == f"stream:{port}"
+    assert stream["expose"] == [port] and "healthcheck" in stream
 
 
 def _queues_of(service: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -278,3 +279,46 @@ def standalone_fake(name: str, *options: str) -> Iterator[int]:
     finally:
         process.terminate()
         assert process.wait(timeout=15) == 0
+
+
+class StreamServer:
+    """``uvicorn config.asgi:application`` (the ASGI process that serves the inbox stream) on
+    a free port, ready when it accepts connections."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.log_path = log_dir / "stream.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+             "--port", str(self.port), "--no-access-log", "--timeout-graceful-shutdown", "2"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def accepting() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"stream server exited:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for(accepting, timeout=timeout, what="the stream server to accept connections")
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-5000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        self._log.close()

@@ -29,6 +29,7 @@ from notifications.api.throttling import RecipientRateThrottle
 from notifications.exceptions import NotFound
 from notifications.models import InboxMessage
 from notifications.services.inbox import InboxAction, inbox_mark, inbox_mark_all_read
+from preferences import access
 
 
 class InboxMessageSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
@@ -58,6 +59,10 @@ class InboxMessageSerializer(serializers.ModelSerializer):  # type: ignore[type-
 class InboxCountSerializer(serializers.Serializer):  # type: ignore[type-arg]
     unread = serializers.IntegerField()
     unseen = serializers.IntegerField()
+
+
+class PreferenceLinkSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    url = serializers.CharField(help_text="The recipient's preference centre (a signed link).")
 
 
 class InboxReadAllSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -147,3 +152,19 @@ class InboxReadAllView(RecipientView):
     )
     def post(self, request: Request) -> Response:
         return Response({"updated": inbox_mark_all_read(recipient_id=self.recipient_id())})
+
+
+class InboxPreferenceLinkView(RecipientView):
+    @extend_schema(
+        responses={200: PreferenceLinkSerializer},
+        summary="A link to the recipient's preference centre",
+    )
+    def get(self, request: Request) -> Response:
+        client = request.user
+        assert isinstance(client, RecipientClient)
+        claims = request.auth
+        assert isinstance(claims, access.TokenClaims)
+        url = access.preference_centre_url(
+            recipient_id=client.recipient_id, generation=claims.generation
+        )
+        return Response({"url": url})

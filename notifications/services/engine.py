@@ -30,7 +30,7 @@ from channels.gate import guard
 from channels.gate.guard import guarded_name
 from channels.providers import push
 from notifications.models import Broadcast
-from notifications.services import outcomes, planning, sending
+from notifications.services import inbox_events, outcomes, planning, sending
 from notifications.services.outcomes import Outcome, Retry
 from preferences import access
 from preferences import selectors as recipients
@@ -170,7 +170,11 @@ def deliver(delivery_ids: Sequence[int], *, channel: str, task_name: str = "") -
         return result
     provider = registry.provider_for(channel)
     if channel == Channel.INAPP:
-        recorder.answered(ready, provider.store_many([m for _, m in ready]))  # type: ignore[union-attr]
+        stored = provider.store_many([m for _, m in ready])  # type: ignore[union-attr]
+        # Before the outcomes are recorded: a batch cut short here runs again and announces
+        # its messages again (the stream's clients keep one per id).
+        inbox_events.messages_stored(int(r.message_id) for r in stored)
+        recorder.answered(ready, stored)
     else:
         _send(ready, provider, recorder, in_flight)
     recorder.flush()

@@ -7,13 +7,16 @@ the message as it now is.
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 from typing import Any
 
+from django.db import transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce, Now
 
 from notifications.models import InboxMessage
+from notifications.services import inbox_events
 
 
 class InboxAction(StrEnum):
@@ -43,11 +46,18 @@ def inbox_mark(*, recipient_id: int, message_id: int, action: InboxAction) -> In
     mine = InboxMessage.objects.filter(pk=message_id, recipient_id=recipient_id)
     if not mine.update(**_CHANGES[action]):
         return None
-    return mine.first()
+    message = mine.first()
+    if message is not None:
+        # The recipient's other devices follow, once the change is there to be read.
+        transaction.on_commit(functools.partial(inbox_events.message_changed, message))
+    return message
 
 
 def inbox_mark_all_read(*, recipient_id: int) -> int:
     """Every unread, unarchived message of the recipient read (and seen); how many changed."""
-    return InboxMessage.objects.filter(
+    changed = InboxMessage.objects.filter(
         recipient_id=recipient_id, read_at__isnull=True, archived_at__isnull=True
     ).update(**_CHANGES[InboxAction.READ])
+    if changed:
+        transaction.on_commit(functools.partial(inbox_events.all_read, recipient_id=recipient_id))
+    return changed

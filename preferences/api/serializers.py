@@ -244,3 +244,6 @@ class RecipientTokenSerializer(serializers.Serializer):  # type: ignore[type-arg
     userId = serializers.CharField()
     token = serializers.CharField(help_text="`Authorization: Bearer <token>` on /api/inbox.")
     expiresAt = serializers.DateTimeField()
+    preferencesUrl = serializers.CharField(
+        help_text="The recipient's preference centre: a signed link, NOTIFY_PREFERENCE_LINK_DAYS."
+    )

@@ -18,7 +18,7 @@ from notifications.api.views import ERROR_RESPONSE
 from notifications.exceptions import NotFound, RecipientNotFound
 from notifications.models import ApiScope
 from notifications.services import erasure
-from preferences import selectors, services
+from preferences import access, selectors, services
 from preferences.api.serializers import (
     DEVICE_REGISTRATION_SCHEMA,
     DeviceSerializer,
@@ -90,6 +90,9 @@ class RecipientTokensView(StrictRequestMixin, APIView):
             "userId": recipient.external_id,
             "token": token,
             "expiresAt": datetime.fromtimestamp(expires_at, tz=UTC),
+            "preferencesUrl": access.preference_centre_url(
+                recipient_id=recipient.pk, generation=recipient.token_generation
+            ),
         }
         return Response(RecipientTokenSerializer(body).data, status=status.HTTP_201_CREATED)
 

@@ -61,6 +61,7 @@ RECIPIENT_OPERATIONS = [
     ("get", "/api/inbox"),
     ("get", "/api/inbox/count"),
     ("post", "/api/inbox/read-all"),
+    ("get", "/api/inbox/preferences-link"),
     *(("post", f"/api/inbox/1/{a}") for a in ("read", "unread", "seen", "archive", "unarchive")),
 ]
 

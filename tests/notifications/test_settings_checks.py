@@ -113,3 +113,12 @@ def test_email_without_a_public_url_is_warned_about_and_a_bad_one_refused(settin
 
     settings.NOTIFY_PUBLIC_URL = "https://notify.example.com"
     assert not check_engine_settings()
+
+
+def test_the_demo_page_is_warned_about_unless_the_service_is_on_this_machine_only(settings):
+    settings.NOTIFY_DEMO_PAGE = True
+    settings.NOTIFY_PUBLIC_URL = "https://notify.example.com"
+    assert "notifications.W003" in {found.id for found in check_engine_settings()}
+
+    settings.NOTIFY_PUBLIC_URL = "http://127.0.0.1:8000"  # make run
+    assert "notifications.W003" not in {found.id for found in check_engine_settings()}
