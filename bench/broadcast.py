@@ -491,7 +491,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--maintenance-concurrency",
         type=int,
-        default=max(2, int(os.environ.get("NOTIFY_FANOUT_CHAINS", "4"))),
+        default=max(2, int(os.environ.get("NOTIFY_FANOUT_CHAINS", "1"))),
         help="as make run: one process per fan-out chain, at least 2",
     )
     parser.add_argument("--port", type=int, default=18200, help="API; the fakes take the next 4")
@@ -900,7 +900,7 @@ def _service_settings() -> dict[str, Any]:
     """The knobs the stack ran with (environment, else config/settings.py's defaults)."""
     names = {
         "NOTIFY_FANOUT_PAGE": "1000",
-        "NOTIFY_FANOUT_CHAINS": "4",
+        "NOTIFY_FANOUT_CHAINS": "1",
         "NOTIFY_DELIVERY_BATCH": "100",
         "NOTIFY_DELIVERY_IN_FLIGHT_PUSH": "100",
         "NOTIFY_DELIVERY_IN_FLIGHT_EMAIL": "4",

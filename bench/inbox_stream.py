@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                              "--backlog", "4096"])  # fmt: skip
         stack.wait_until("the stream process", lambda: stack.port_answers(args.port + 1), sup, 30.0)
         figures = asyncio.run(measure(args, api_key, sup.pids()["stream"]))
+        figures["machine"] = accept.machine_facts()
     except accept.BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
@@ -256,7 +257,6 @@ def main(argv: list[str] | None = None) -> int:
         sup.stop()
         server.stop()
         data.drop_database(DB_NAME)
-    figures["machine"] = accept.machine_facts()
     figures["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -277,8 +277,10 @@ NOTIFY_PROVIDER_HTTP_POOL_SIZE = env.int("NOTIFY_PROVIDER_HTTP_POOL_SIZE", defau
 # Recipients per fan-out page: one task and one transaction each, a constant number of queries.
 NOTIFY_FANOUT_PAGE = env.int("NOTIFY_FANOUT_PAGE", default=1000)
 # Pages of one broadcast written in parallel, each chain over its own range of recipient ids
-# (fewer when the audience spans fewer pages); as many as the maintenance worker runs at once.
-NOTIFY_FANOUT_CHAINS = env.int("NOTIFY_FANOUT_CHAINS", default=4)
+# (fewer when the audience spans fewer pages); give the maintenance worker as many processes.
+# 1 on a small machine: there parallel chains take the cores the deliveries need and slow the
+# drain more than they speed the fan-out (docs/broadcasts.md has the figures).
+NOTIFY_FANOUT_CHAINS = env.int("NOTIFY_FANOUT_CHAINS", default=1)
 # Lease of a broadcast's queued deliveries. A bulk lane is expected to hold a backlog (a
 # broadcast drains at the providers' pace), so the sweep must not take a delivery still
 # waiting in it for a lost one; a lost one is re-enqueued this much later.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.core import signing
@@ -96,12 +97,7 @@ def unsubscribe_token(*, recipient_id: int, category: str, channel: str) -> str:
 
 
 def unsubscribe_verify(token: str, *, max_age_days: int) -> UnsubscribeClaims:
-    try:
-        payload = signing.loads(token, salt=_UNSUBSCRIBE_SALT, max_age=max_age_days * 86400)
-    except signing.SignatureExpired as exc:
-        raise ExpiredLink(str(exc)) from exc
-    except (signing.BadSignature, ValueError, UnicodeError) as exc:
-        raise InvalidLink("bad signature") from exc
+    payload = _load_link(token, salt=_UNSUBSCRIBE_SALT, max_age_days=max_age_days)
     try:
         claims = UnsubscribeClaims(
             recipient_id=_integer(payload["r"]),
@@ -111,6 +107,16 @@ def unsubscribe_verify(token: str, *, max_age_days: int) -> UnsubscribeClaims:
     except (KeyError, TypeError) as exc:
         raise InvalidLink("unknown format") from exc
     return claims
+
+
+def _load_link(token: str, *, salt: str, max_age_days: int) -> Any:
+    """A signed link's payload; ``ExpiredLink`` past its age, ``InvalidLink`` if not ours."""
+    try:
+        return signing.loads(token, salt=salt, max_age=max_age_days * 86400)
+    except signing.SignatureExpired as exc:
+        raise ExpiredLink(str(exc)) from exc
+    except (signing.BadSignature, ValueError, UnicodeError) as exc:
+        raise InvalidLink("bad signature") from exc
 
 
 def _string(value: object) -> str:
@@ -146,12 +152,7 @@ def preference_centre_token(*, recipient_id: int, generation: int) -> str:
 
 
 def preference_centre_verify(token: str, *, max_age_days: int) -> TokenClaims:
-    try:
-        payload = signing.loads(token, salt=_CENTRE_SALT, max_age=max_age_days * 86400)
-    except signing.SignatureExpired as exc:
-        raise ExpiredLink(str(exc)) from exc
-    except (signing.BadSignature, ValueError, UnicodeError) as exc:
-        raise InvalidLink("bad signature") from exc
+    payload = _load_link(token, salt=_CENTRE_SALT, max_age_days=max_age_days)
     try:
         return TokenClaims(
             recipient_id=_integer(payload["r"]), generation=_integer(payload["g"]), expires_at=0

@@ -94,15 +94,9 @@ class WorkerProcess:
         return self.log_path.read_text()[-5000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            # Celery's warm shutdown: the main process lets its pool finish what it holds.
-            # SIGTERM to the whole group would kill pool children mid-task.
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        # Celery's warm shutdown: the main process lets its pool finish what it holds.
+        # SIGTERM to the whole group would kill pool children mid-task.
+        terminate(self.process, timeout=60)
         self._log.close()
 
 
@@ -314,11 +308,16 @@ class StreamServer:
         return self.log_path.read_text()[-5000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        terminate(self.process, timeout=15)
         self._log.close()
+
+
+def terminate(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGTERM to the process (its own graceful stop), SIGKILL to its group after ``timeout``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import redis
 from rest_framework.test import APIClient
 
+from notifications.services import inbox_events
 from notifications.stream.hub import RESET, Listener
 from preferences import access
 from preferences.models import Recipient
@@ -220,3 +222,24 @@ def test_a_listener_too_slow_to_keep_up_is_told_to_start_over():
         listener.put((f"{n}-0", "{}"))
 
     assert listener.queue.qsize() == 1 and listener.queue.get_nowait() is RESET
+
+
+def test_a_reconnect_from_before_what_is_kept_gets_a_reset_and_a_recent_one_the_rest(
+    stream_server, transactional_db, settings
+):
+    settings.NOTIFY_INBOX_STREAM_REPLAY = 100  # trimmed by whole blocks, about 100 kept
+    ana = RecipientFactory()
+    for n in range(300):
+        inbox_events._publish([(ana.pk, {"type": "all_read", "at": str(n)})])
+    kept = redis.Redis.from_url(settings.NOTIFY_INBOX_STREAM_REDIS_URL).xrange(
+        inbox_events.stream_key(ana.pk)
+    )
+    assert 100 <= len(kept) < 300
+    token = token_for(ana)
+
+    too_old = Stream(stream_server.port, token, {"Last-Event-ID": "1-0"})
+    assert too_old.next_event().kind == "reset"
+    too_old.close()
+    recent = Stream(stream_server.port, token, {"Last-Event-ID": kept[-3][0].decode()})
+    assert [e.data["at"] for e in recent.events(2)] == ["298", "299"]
+    recent.close()
