@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
+from redis.exceptions import RedisError
 
 from notifications.api.errors import error_body
 from notifications.stream.hub import RESET, Hub, Listener, valid_stream_id
@@ -77,7 +78,13 @@ async def inbox_stream(scope: Scope, receive: Receive, send: Send) -> None:
             send, 400, error_body("invalid", "Last-Event-ID is not an id of this stream."), cors
         )
         return
-    listener = await hub().open(claims.recipient_id)
+    try:
+        listener = await hub().open(claims.recipient_id)
+    except (RedisError, OSError):
+        await _answer(
+            send, 503, error_body("unavailable", "The stream is unavailable; retry shortly."), cors
+        )
+        return
     try:
         await send(
             {

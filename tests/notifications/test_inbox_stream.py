@@ -243,3 +243,18 @@ def test_a_reconnect_from_before_what_is_kept_gets_a_reset_and_a_recent_one_the_
     recent = Stream(stream_server.port, token, {"Last-Event-ID": kept[-3][0].decode()})
     assert [e.data["at"] for e in recent.events(2)] == ["298", "299"]
     recent.close()
+
+
+def test_without_redis_a_stream_is_refused_with_a_503_not_a_trace(
+    django_db_setup, django_db_blocker, transactional_db, tmp_path
+):
+    with django_db_blocker.unblock():
+        env = worker_env(NOTIFY_INBOX_STREAM_REDIS_URL="redis://127.0.0.1:9/0")  # nothing there
+    server = StreamServer(env, tmp_path)
+    try:
+        server.wait_ready()
+        refused = Stream(server.port, token_for(RecipientFactory()))
+        assert refused.response.status == 503
+        assert json.loads(refused.response.read())["error"]["code"] == "unavailable"
+    finally:
+        server.stop()
