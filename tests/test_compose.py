@@ -4,6 +4,7 @@ workers consume the queues of the lanes table."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,70 @@ def test_the_workers_consume_the_queues_of_the_lanes_table() -> None:
     assert workers == expected
     consumed = {queue for queues in workers.values() for queue in queues.split(",")}
     assert consumed == set(lanes.all_queues())
+
+
+APP_SERVICES = ("api", "stream", "beat")
+
+
+def test_the_migrations_run_once_and_everything_of_the_app_waits_for_them() -> None:
+    services = _services()
+    migrate = services["migrate"]
+    assert migrate["restart"] == "no"
+    assert "manage.py migrate --noinput" in " ".join(migrate["command"])
+    waiting = [name for name in services if name.startswith("worker-") or name in APP_SERVICES]
+    for name in waiting:
+        condition = services[name]["depends_on"]["migrate"]["condition"]
+        assert condition == "service_completed_successfully", name
+    assert "migrate" not in " ".join(services["api"]["command"])  # only the one-shot migrates
+
+
+def test_every_worker_is_bounded_and_checked_and_beat_is_checked() -> None:
+    """Unbounded, a worker starts a process per core: on a 16-core host the workers alone would
+    take more connections than PostgreSQL's 100."""
+    services = _services()
+    connections = 0
+    for name, service in services.items():
+        if not name.startswith("worker-"):
+            continue
+        command = list(service["command"])
+        concurrency = int(command[command.index("-c") + 1])
+        assert 1 <= concurrency <= 4, name
+        connections += concurrency
+        node = command[command.index("-n") + 1].removesuffix("@%h")
+        assert f"inspect ping -d {node}@$$HOSTNAME" in " ".join(service["healthcheck"]["test"])
+    assert connections <= 30
+    assert "celerybeat-schedule" in " ".join(services["beat"]["healthcheck"]["test"])
+
+
+def test_every_variable_the_compose_file_sets_is_one_the_settings_read() -> None:
+    settings_source = (ROOT / "config" / "settings.py").read_text()
+    environment = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["x-app-env"]
+    for name in environment:
+        secret_file = name.endswith("_FILE") and f'env_secret("{name.removesuffix("_FILE")}"'
+        assert (
+            f'"{name}"' in settings_source
+            or (secret_file and secret_file in settings_source)
+            or name.startswith("ANYMAIL_")  # every ANYMAIL_* goes to anymail as it is
+        ), name
+
+
+def test_the_env_example_names_only_what_reaches_the_containers_and_secrets_stay_out() -> None:
+    environment = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["x-app-env"]
+    example = (ROOT / ".env.example").read_text()
+    named = re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, flags=re.MULTILINE)
+    assert "SECRET_KEY" in named and len(named) > 10
+    assert set(named) <= set(environment)
+    for ignore_file in (".gitignore", ".dockerignore"):
+        ignored = (ROOT / ignore_file).read_text().split()
+        assert ".env" in ignored and "secrets/" in ignored, ignore_file
+
+
+def test_the_image_leaves_out_the_fakes_the_benchmarks_and_their_dependencies() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {"bench", "devtools", "tests"} <= set(ignored)
+    production = (ROOT / "requirements.txt").read_text()
+    assert "aiosmtpd" not in production and "hypercorn" not in production
+    for app in ("config", "notifications", "preferences", "channels"):
+        for module in (ROOT / app).rglob("*.py"):
+            imports = re.findall(r"^\s*(?:from|import) (\w+)", module.read_text(), re.MULTILINE)
+            assert not {"devtools", "bench", "aiosmtpd", "hypercorn"} & set(imports), module
