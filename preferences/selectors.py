@@ -263,7 +263,7 @@ class CentreRow:
 def preference_centre(*, recipient_id: int) -> list[CentreRow]:
     """Every category with what the recipient's rules allow on each channel (the same rule
     resolution as sending); critical categories are always allowed (they ignore opt-outs)."""
-    rules = preference_rules_all(recipient_id=recipient_id)
+    rules = preference_rules(recipient_id=recipient_id)
     channels = list(Channel.values)
     return [
         CentreRow(
@@ -278,9 +278,3 @@ def preference_centre(*, recipient_id: int) -> list[CentreRow]:
         )
         for category in Category.objects.order_by("critical", "name", "key")
     ]
-
-
-def preference_rules_all(*, recipient_id: int) -> list[dict[str, Any]]:
-    """All of the recipient's rules (every category, and the ones for all)."""
-    found = Preference.objects.filter(recipient_id=recipient_id)
-    return [dict(rule) for rule in found.values("category_id", "channel", "enabled")]

@@ -251,7 +251,7 @@ def preference_centre_save(*, recipient: Recipient, allowed: set[tuple[int, str]
     all categories stay (each cell's own rule is more specific, so it decides)."""
     kept = [
         Rule(category=None, channel=rule["channel"], enabled=rule["enabled"])
-        for rule in selectors.preference_rules_all(recipient_id=recipient.pk)
+        for rule in selectors.preference_rules(recipient_id=recipient.pk)
         if rule["category_id"] is None
     ]
     cells = [

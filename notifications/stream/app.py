@@ -31,7 +31,7 @@ from django.db import close_old_connections
 from redis.exceptions import RedisError
 
 from notifications.api.errors import error_body
-from notifications.stream.hub import RESET, Hub, Listener, valid_stream_id
+from notifications.stream.hub import RESET, Hub, Listener, stream_id, valid_stream_id
 from preferences import access
 from preferences import selectors as recipients
 
@@ -144,7 +144,7 @@ async def _stream(
                 continue
             assert isinstance(item, tuple)
             event_id, event = item
-            if sent and not _newer(event_id, sent):
+            if sent and stream_id(event_id) <= stream_id(sent):
                 continue  # also in the replay just sent
             await chunk(_event(_kind(event), event, event_id))
             sent = event_id
@@ -192,14 +192,6 @@ def _kind(event: str) -> str:
 def _event(kind: str, data: str, event_id: str = "") -> str:
     head = f"id: {event_id}\n" if event_id else ""
     return f"{head}event: {kind}\ndata: {data}\n\n"
-
-
-def _newer(a: str, b: str) -> bool:
-    def key(value: str) -> tuple[int, int]:
-        millis, _, sequence = value.partition("-")
-        return int(millis), int(sequence or 0)
-
-    return key(a) > key(b)
 
 
 _PREFLIGHT = [

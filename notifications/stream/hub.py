@@ -94,13 +94,13 @@ class Hub:
             info = await self._redis.xinfo_stream(key)
         except RedisError:  # no such stream: nothing kept, so nothing can be vouched for
             return None
-        last_seen = _stream_id(after)
-        deleted = _stream_id(_text(info.get("max-deleted-entry-id", "0-0")))
+        last_seen = stream_id(after)
+        deleted = stream_id(_text(info.get("max-deleted-entry-id", "0-0")))
         first = info.get("first-entry")
         # Trimming removes the oldest entries only, so everything after ``after`` is here if
         # the stream still reaches back to it, or exactly up to it was trimmed. A stream that
         # starts later otherwise was trimmed past it, or expired and began again.
-        intact = (first and _stream_id(_text(first[0])) <= last_seen) or deleted == last_seen
+        intact = (first and stream_id(_text(first[0])) <= last_seen) or deleted == last_seen
         if not intact:
             return None
         entries: list[Any] = await self._redis.xrange(key, min=f"({after}", max="+") or []
@@ -171,14 +171,15 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _stream_id(value: str) -> tuple[int, int]:
+def stream_id(value: str) -> tuple[int, int]:
+    """A Redis stream id ("<ms>-<seq>") as a comparable pair; ValueError if it is none."""
     millis, _, sequence = value.partition("-")
     return int(millis), int(sequence or 0)
 
 
 def valid_stream_id(value: str) -> bool:
     try:
-        _stream_id(value)
+        stream_id(value)
     except ValueError:
         return False
     return True
