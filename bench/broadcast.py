@@ -901,6 +901,7 @@ def _service_settings() -> dict[str, Any]:
     names = {
         "NOTIFY_FANOUT_PAGE": "1000",
         "NOTIFY_FANOUT_CHAINS": "1",
+        "NOTIFY_BULK_WORKER_NICE": "10",
         "NOTIFY_DELIVERY_BATCH": "100",
         "NOTIFY_DELIVERY_IN_FLIGHT_PUSH": "100",
         "NOTIFY_DELIVERY_IN_FLIGHT_EMAIL": "4",

@@ -82,3 +82,8 @@ def worker_queues() -> dict[str, str]:
         **{lanes.channel: lanes.worker_queues for lanes in LANES.values()},
         MAINTENANCE_QUEUE: MAINTENANCE_QUEUE,
     }
+
+
+def serves_bulk(queues: set[str]) -> bool:
+    """Whether a worker consuming ``queues`` serves a bulk lane (work that may wait)."""
+    return any(lanes.bulk_queue in queues for lanes in LANES.values())

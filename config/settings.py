@@ -281,6 +281,10 @@ NOTIFY_FANOUT_PAGE = env.int("NOTIFY_FANOUT_PAGE", default=1000)
 # 1 on a small machine: there parallel chains take the cores the deliveries need and slow the
 # drain more than they speed the fan-out (docs/broadcasts.md has the figures).
 NOTIFY_FANOUT_CHAINS = env.int("NOTIFY_FANOUT_CHAINS", default=1)
+# A worker serving a bulk lane lowers its CPU priority by this (0: not at all), so that a
+# drain sharing a host yields to transactional sends, the fan-out and PostgreSQL
+# (config/worker_priority.py).
+NOTIFY_BULK_WORKER_NICE = env.int("NOTIFY_BULK_WORKER_NICE", default=10)
 # Lease of a broadcast's queued deliveries. A bulk lane is expected to hold a backlog (a
 # broadcast drains at the providers' pace), so the sweep must not take a delivery still
 # waiting in it for a lost one; a lost one is re-enqueued this much later.

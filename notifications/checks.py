@@ -29,6 +29,7 @@ _NUMBERS: tuple[tuple[str, float, bool], ...] = (
     ("NOTIFY_CATALOG_CACHE_SECONDS", 0, True),
     ("NOTIFY_FANOUT_PAGE", 1, True),
     ("NOTIFY_FANOUT_CHAINS", 1, True),
+    ("NOTIFY_BULK_WORKER_NICE", 0, True),
     ("NOTIFY_INBOX_STREAM_REPLAY", 1, True),
     ("NOTIFY_INBOX_STREAM_REPLAY_SECONDS", 1, True),
     ("NOTIFY_INBOX_STREAM_HEARTBEAT_SECONDS", 1, True),
@@ -59,6 +60,10 @@ def _storage_schemes() -> set[str]:
 @register()
 def check_engine_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
     problems = number_problems(_NUMBERS)
+    if isinstance(settings.NOTIFY_BULK_WORKER_NICE, int) and settings.NOTIFY_BULK_WORKER_NICE > 19:
+        problems.append(
+            f"NOTIFY_BULK_WORKER_NICE={settings.NOTIFY_BULK_WORKER_NICE!r} must be at most 19."
+        )
     if settings.NOTIFY_RETRY_BACKOFF_MAX < settings.NOTIFY_RETRY_BACKOFF:
         problems.append(
             f"NOTIFY_RETRY_BACKOFF_MAX={settings.NOTIFY_RETRY_BACKOFF_MAX!r} is below "

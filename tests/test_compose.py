@@ -93,6 +93,18 @@ def test_the_workers_consume_the_queues_of_the_lanes_table() -> None:
     assert consumed == set(lanes.all_queues())
 
 
+def test_the_workers_on_a_bulk_lane_yield_the_cpu_and_the_others_keep_their_weight() -> None:
+    """Inside a container nice ranks only the container's own processes (config/
+    worker_priority.py): across containers the CPU weight does it."""
+    workers = {name: service for name, service in _services().items() if name.startswith("worker-")}
+    for name, service in workers.items():
+        weight = service.get("cpu_shares")
+        if lanes.serves_bulk(set(_queues_of(service).split(","))):
+            assert weight is not None and weight < 1024, name
+        else:
+            assert weight is None, name
+
+
 APP_SERVICES = ("api", "stream", "beat")
 
 

@@ -8,8 +8,9 @@ recipients with all their sending context, one multi-row INSERT of notifications
 deliveries, one UPDATE of the segment's cursor. The three writes share a transaction, and the
 cursor only moves if it is still where this run found it, so a page that runs twice
 (redelivered task, resumed chain) commits once; the notification INSERT is also
-``ON CONFLICT (broadcast_id, recipient_id) DO NOTHING``. After commit, the page's queued
-deliveries are published in batches on the bulk lanes and the segment's next page is chained.
+``ON CONFLICT (broadcast_id, recipient_id) DO NOTHING``. After commit, the segment's next
+page is chained (first, so that another process writes it meanwhile), then the page's queued
+deliveries are published in batches on the bulk lanes.
 """
 
 from __future__ import annotations
@@ -273,8 +274,8 @@ def _advance(
 def _publish(
     broadcast_id: uuid.UUID, segment: int, queued: list[tuple[int, str]], *, chain_next: bool
 ) -> None:
-    """After commit: the page's deliveries in batches on their bulk lanes, then the segment's
-    next page.
+    """After commit: the segment's next page, then the page's deliveries in batches on their
+    bulk lanes.
 
     A broker outage is logged, not raised: the deliveries carry a lease, so the sweep
     re-enqueues them, and ``broadcasts_resume`` restarts a fan-out whose chain broke.
@@ -285,6 +286,13 @@ def _publish(
         by_channel[channel].append(delivery_id)
     try:
         with current_app.producer_or_acquire() as producer:
+            if chain_next:  # first, so that another process writes it while this one publishes
+                current_app.send_task(
+                    FANOUT_TASK,
+                    args=(str(broadcast_id), segment),
+                    queue=MAINTENANCE_QUEUE,
+                    producer=producer,
+                )
             for channel, ids in sorted(by_channel.items()):
                 for start in range(0, len(ids), size):
                     batch = ids[start : start + size]
@@ -296,13 +304,6 @@ def _publish(
                         queue=LANES[channel].bulk_queue,
                         producer=producer,
                     )
-            if chain_next:
-                current_app.send_task(
-                    FANOUT_TASK,
-                    args=(str(broadcast_id), segment),
-                    queue=MAINTENANCE_QUEUE,
-                    producer=producer,
-                )
     except Exception:
         logger.warning(
             "broadcast %s: could not publish a fan-out page's tasks; the sweep re-enqueues the"
